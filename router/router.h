@@ -1,0 +1,78 @@
+// The Router interface (DESIGN.md section 4): hidden states in, a variable-length Routing out (per
+// token a list of (expert, weight)), plus the router's own loss terms and statistics; backward takes
+// dL/dweights and returns dL/dh, accumulating the router's parameter gradients.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "runtime/core/tensor.h"
+
+namespace dirmoe {
+
+// CSR over tokens: token t routes to experts[offsets[t] .. offsets[t+1]) with the matching weights.
+// Experts within a token are distinct global expert ids.
+template <class T>
+struct Routing {
+  int64_t num_tokens = 0;
+  int num_experts = 0;
+  std::vector<int64_t> offsets;  // [N+1]
+  std::vector<int32_t> experts;  // [nnz]
+  std::vector<T> weights;        // [nnz]
+  int64_t nnz() const { return static_cast<int64_t>(experts.size()); }
+};
+
+// Where a forward happens: random draws are keyed by (seed, step, layer, global token, expert).
+struct RouterContext {
+  uint64_t seed = 0;
+  int64_t step = 0;
+  int layer = 0;
+  int64_t global_token0 = 0;  // global index of the first token of this micro-batch
+  bool training = true;
+};
+
+// Typed router configuration, validated by the config loader. Fields of routers other than topk
+// are added beside their implementation.
+struct RouterConfig {
+  std::string type = "topk";   // topk (dirmoe, probmoe later)
+  int k = 2;                   // experts per token
+  bool renormalize = false;    // topk: renormalise the k probabilities to sum 1
+  double aux_loss_coef = 1e-2; // Switch load-balancing loss coefficient
+  double z_loss_coef = 0.0;    // router z-loss coefficient (0 = off)
+};
+
+struct RouterStats {
+  double aux_loss = 0;  // weighted load-balancing loss of the last forward
+  double z_loss = 0;    // weighted z-loss of the last forward
+  double mean_active = 0;  // mean experts per token
+  // Further named scalars for the metrics (e.g. entropy); stable order.
+  std::vector<std::pair<std::string, double>> scalars;
+};
+
+template <class T>
+class Router {
+ public:
+  virtual ~Router() = default;
+  virtual std::string type() const = 0;
+  // h[N,d] -> out. Keeps what backward needs until the next forward.
+  virtual void forward(const T* h, int64_t N, const RouterContext& ctx, Routing<T>& out) = 0;
+  // Sum of the router's own weighted loss terms for the last forward (added to the training loss).
+  virtual double loss() const = 0;
+  // dweights[nnz] = dL/d(weights of the last Routing). loss_scale multiplies the gradient of the
+  // router's own loss terms (the same factor the LM loss of this micro-batch gets).
+  // dh[N,d] += dL/dh; parameter gradients +=.
+  virtual void backward(const T* dweights, double loss_scale, T* dh) = 0;
+  virtual std::vector<Parameter<T>*> parameters() = 0;
+  virtual const RouterStats& stats() const = 0;
+};
+
+// Validates cfg against the model (k in [1, E], coefficients >= 0, known type) and builds the router.
+// Parameter names start with `prefix` (e.g. "layers.3.moe.router").
+template <class T>
+std::unique_ptr<Router<T>> make_router(const RouterConfig& cfg, int64_t hidden, int num_experts,
+                                       const std::string& prefix);
+
+}  // namespace dirmoe
