@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "experts/dispatcher.h"
 #include "experts/placement.h"
 #include "router/router.h"
 #include "runtime/core/tensor.h"
@@ -16,9 +17,9 @@ namespace dirmoe {
 struct MoEConfig {
   int num_experts = 8;
   int64_t hidden = 128;
-  int64_t ffn_hidden = 256;        // per-expert SwiGLU width
-  double capacity_factor = 0.0;    // <= 0: dropless; else per-expert capacity
-                                   // ceil(cf * N_local * k / E) per source rank, extra dropped
+  int64_t ffn_hidden = 256;      // per-expert SwiGLU width
+  double capacity_factor = 0.0;  // <= 0: dropless; else per-expert capacity
+                                 // ceil(cf * N_local * k / E) per source rank, extra dropped
   RouterConfig router;
 };
 
@@ -48,6 +49,9 @@ class MoELayer {
   double router_loss() const;
   std::vector<Parameter<T>*> parameters();  // router params (replicated) then local experts
   const MoEStats& stats() const;
+  // The routing and the dispatch plan of the last forward (metrics, traffic records, tests).
+  const Routing<T>& routing() const;
+  const Dispatcher<T>& dispatcher() const;
 
  private:
   struct Impl;

@@ -17,6 +17,9 @@ class Placement {
   int local_index(int expert) const { return local_index_.at(expert); }
   const std::vector<int>& local_experts(int ep_rank) const { return lists_.at(ep_rank); }
   const std::vector<std::vector<int>>& lists() const { return lists_; }
+  int max_local_experts() const;
+  // Fails (naming both sizes) unless there is exactly one list per rank of an EP group of ep_size.
+  void check_ep_size(int ep_size) const;
 
  private:
   std::vector<int> owner_;        // [E] owning EP rank

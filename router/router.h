@@ -1,6 +1,6 @@
 // The Router interface (DESIGN.md section 4): hidden states in, a variable-length Routing out (per
-// token a list of (expert, weight)), plus the router's own loss terms and statistics; backward takes
-// dL/dweights and returns dL/dh, accumulating the router's parameter gradients.
+// token a list of (expert, weight)), plus the router's own loss terms and statistics; backward
+// takes dL/dweights and returns dL/dh, accumulating the router's parameter gradients.
 #pragma once
 
 #include <cstdint>
@@ -37,16 +37,16 @@ struct RouterContext {
 // Typed router configuration, validated by the config loader. Fields of routers other than topk
 // are added beside their implementation.
 struct RouterConfig {
-  std::string type = "topk";   // topk (dirmoe, probmoe later)
-  int k = 2;                   // experts per token
-  bool renormalize = false;    // topk: renormalise the k probabilities to sum 1
-  double aux_loss_coef = 1e-2; // Switch load-balancing loss coefficient
-  double z_loss_coef = 0.0;    // router z-loss coefficient (0 = off)
+  std::string type = "topk";    // topk (dirmoe, probmoe later)
+  int k = 2;                    // experts per token
+  bool renormalize = false;     // topk: renormalise the k probabilities to sum 1
+  double aux_loss_coef = 1e-2;  // Switch load-balancing loss coefficient
+  double z_loss_coef = 0.0;     // router z-loss coefficient (0 = off)
 };
 
 struct RouterStats {
-  double aux_loss = 0;  // weighted load-balancing loss of the last forward
-  double z_loss = 0;    // weighted z-loss of the last forward
+  double aux_loss = 0;     // weighted load-balancing loss of the last forward
+  double z_loss = 0;       // weighted z-loss of the last forward
   double mean_active = 0;  // mean experts per token
   // Further named scalars for the metrics (e.g. entropy); stable order.
   std::vector<std::pair<std::string, double>> scalars;
@@ -69,8 +69,12 @@ class Router {
   virtual const RouterStats& stats() const = 0;
 };
 
-// Validates cfg against the model (k in [1, E], coefficients >= 0, known type) and builds the router.
-// Parameter names start with `prefix` (e.g. "layers.3.moe.router").
+// Throws a dirmoe::Error naming the offending field (router.type, router.k, router.aux_loss_coef,
+// router.z_loss_coef) when cfg does not fit a model with `num_experts` experts of width `hidden`.
+void validate_router_config(const RouterConfig& cfg, int64_t hidden, int num_experts);
+
+// Validates cfg against the model (k in [1, E], coefficients >= 0, known type) and builds the
+// router. Parameter names start with `prefix` (e.g. "layers.3.moe.router").
 template <class T>
 std::unique_ptr<Router<T>> make_router(const RouterConfig& cfg, int64_t hidden, int num_experts,
                                        const std::string& prefix);

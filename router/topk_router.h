@@ -11,10 +11,6 @@
 
 namespace dirmoe {
 
-// Validates cfg for a model with `num_experts` experts and `hidden` features; each failure names
-// the offending field (router.type, router.k, router.aux_loss_coef, router.z_loss_coef).
-void validate_router_config(const RouterConfig& cfg, int64_t hidden, int num_experts);
-
 template <class T>
 class TopKRouter final : public Router<T> {
  public:
@@ -47,6 +43,7 @@ class TopKRouter final : public Router<T> {
   Buffer<T> dlogits_;             // [N,E] backward scratch
   std::vector<double> lse_;       // [N] logsumexp of the logits
   std::vector<double> fraction_;  // [E] f_i: share of the N*k assignments sent to i
+  std::vector<double> prob_sum_;  // [E] sum over tokens of p_i
   std::vector<int64_t> offsets_;  // [N+1] copy of the routing CSR
   std::vector<int32_t> experts_;  // [nnz]
   std::vector<int32_t> order_;    // [E] top-k scratch

@@ -33,13 +33,24 @@ class TrainingData {
   ~TrainingData();
   TrainingData(TrainingData&&) noexcept;
 
-  int64_t num_samples() const;  // samples in one epoch of this split
+  // Samples in one epoch of this split: the sum of the own epochs of the sources with weight > 0.
+  // A source's epoch cuts the concatenation of its split's documents (in an order shuffled per
+  // epoch) into (tokens - 1) / seq_len samples with stride seq_len, as Megatron's GPTDataset does.
+  int64_t num_samples() const;
   int64_t seq_len() const;
   // Writes sample `index` (any index >= 0; later epochs reshuffle deterministically from the seed)
   // as seq_len + 1 tokens: inputs are out[0..seq_len), targets out[1..seq_len].
   void sample(int64_t index, int32_t* out) const;
   // Which source (index into cfg.sources) sample `index` comes from.
   int source_of(int64_t index) const;
+
+  // Per-source figures for this split (source = index into cfg.sources).
+  int num_sources() const;
+  int64_t source_num_documents(int source) const;
+  int64_t source_num_tokens(int source) const;
+  int64_t source_num_samples(int source) const;  // samples in one epoch of the source alone
+  // Samples of one blended epoch (num_samples()) drawn from `source`.
+  int64_t source_samples_per_epoch(int source) const;
 
  private:
   struct Impl;

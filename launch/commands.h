@@ -1,0 +1,19 @@
+// Subcommands other than `train`, kept apart from main() so tests can call them.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace dirmoe {
+
+// `dirmoe config check`: resolved config, parameter counts, memory estimate per rank.
+int run_config_check(const std::string& config, const std::vector<std::string>& sets, int world);
+
+// `dirmoe data prepare|inspect`; sets *exit_code when one of them ran.
+void register_data_commands(CLI::App& app, int* exit_code);
+
+}  // namespace dirmoe

@@ -1,0 +1,155 @@
+// topk router forward/backward. The row-wise softmax, the loss terms and the backward's per-row
+// algebra run in double whatever T is; the logits GEMMs go through the CPU op set.
+#include "router/topk_router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "kernels/cpu/ops.h"
+#include "runtime/core/error.h"
+
+namespace dirmoe {
+namespace {
+
+template <class T>
+void grow(Buffer<T>& buf, int64_t n) {
+  if (buf.size() < n) buf.resize(n);
+}
+
+}  // namespace
+
+template <class T>
+TopKRouter<T>::TopKRouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
+                          const std::string& prefix)
+    : cfg_(cfg), d_(hidden), E_(num_experts) {
+  validate_router_config(cfg, hidden, num_experts);
+  weight_ = Parameter<T>(prefix + ".weight", Shape{num_experts, hidden}, ParamKind::kReplicated);
+  fraction_.assign(E_, 0.0);
+  prob_sum_.assign(E_, 0.0);
+  order_.resize(E_);
+  dp_.assign(E_, 0.0);
+}
+
+// NOTE: experts are ranked by logit (softmax is monotone), ties broken by the lower expert index;
+// within a token the chosen experts are listed most probable first.
+template <class T>
+void TopKRouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Routing<T>& out) {
+  DIRMOE_CHECK(N >= 0, "router ", weight_.name, ": negative token count ", N);
+  DIRMOE_CHECK(N == 0 || h != nullptr, "router ", weight_.name, ": null input for ", N, " tokens");
+  const int k = cfg_.k;
+  N_ = N;
+  has_forward_ = true;
+  grow(h_, N * d_);
+  grow(logits_, N * E_);
+  grow(probs_, N * E_);
+  std::copy(h, h + N * d_, h_.data());
+  if (N > 0) cpu::linear_forward(logits_.data(), h, weight_.value.data(), N, d_, E_);
+
+  lse_.resize(N);
+  out.num_tokens = N;
+  out.num_experts = E_;
+  out.offsets.resize(N + 1);
+  out.experts.resize(N * k);
+  out.weights.resize(N * k);
+  std::fill(prob_sum_.begin(), prob_sum_.end(), 0.0);
+  std::fill(fraction_.begin(), fraction_.end(), 0.0);
+  double entropy = 0, top1 = 0, z = 0;
+
+  for (int64_t t = 0; t < N; ++t) {
+    const T* l = logits_.data() + t * E_;
+    T* p = probs_.data() + t * E_;
+    double mx = -INFINITY;
+    for (int i = 0; i < E_; ++i) mx = std::max(mx, static_cast<double>(l[i]));
+    double s = 0;
+    for (int i = 0; i < E_; ++i) s += std::exp(static_cast<double>(l[i]) - mx);
+    const double lse = mx + std::log(s);
+    DIRMOE_CHECK(std::isfinite(lse), "router ", weight_.name, ": non-finite logits at token ", t,
+                 " (global ", ctx.global_token0 + t, ")");
+    lse_[t] = lse;
+    z += lse * lse;
+    double pmax = 0;
+    for (int i = 0; i < E_; ++i) {
+      const double pi = std::exp(static_cast<double>(l[i]) - lse);
+      p[i] = static_cast<T>(pi);
+      prob_sum_[i] += pi;
+      if (pi > 0) entropy -= pi * std::log(pi);
+      pmax = std::max(pmax, pi);
+    }
+    top1 += pmax;
+
+    std::iota(order_.begin(), order_.end(), 0);
+    std::partial_sort(order_.begin(), order_.begin() + k, order_.end(),
+                      [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+    double chosen = 0;
+    for (int j = 0; j < k; ++j) chosen += static_cast<double>(p[order_[j]]);
+    out.offsets[t] = t * k;
+    for (int j = 0; j < k; ++j) {
+      const int32_t e = order_[j];
+      out.experts[t * k + j] = e;
+      const double w = cfg_.renormalize ? static_cast<double>(p[e]) / chosen : p[e];
+      out.weights[t * k + j] = static_cast<T>(w);
+      fraction_[e] += 1.0;
+    }
+  }
+  out.offsets[N] = N * k;
+  offsets_ = out.offsets;
+  experts_ = out.experts;
+
+  double aux = 0;
+  if (N > 0) {
+    const double assignments = static_cast<double>(N) * k;
+    for (int i = 0; i < E_; ++i) {
+      fraction_[i] /= assignments;
+      aux += fraction_[i] * (prob_sum_[i] / static_cast<double>(N));
+    }
+  }
+  stats_.aux_loss = cfg_.aux_loss_coef * E_ * aux;
+  stats_.z_loss = N > 0 ? cfg_.z_loss_coef * z / static_cast<double>(N) : 0.0;
+  stats_.mean_active = k;
+  stats_.scalars = {{"entropy", N > 0 ? entropy / static_cast<double>(N) : 0.0},
+                    {"top1_prob", N > 0 ? top1 / static_cast<double>(N) : 0.0}};
+}
+
+template <class T>
+void TopKRouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
+  DIRMOE_CHECK(has_forward_, "router ", weight_.name, ": backward called before forward");
+  const int64_t N = N_;
+  if (N == 0) return;
+  DIRMOE_CHECK(dweights != nullptr && dh != nullptr, "router ", weight_.name,
+               ": null dweights or dh");
+  grow(dlogits_, N * E_);
+  // d(aux)/dp_ti = coef * E * f_i / N; d(z)/dl_ti = coef_z * 2 * lse_t * p_ti / N.
+  const double aux_scale = loss_scale * cfg_.aux_loss_coef * E_ / static_cast<double>(N);
+  const double z_scale = loss_scale * cfg_.z_loss_coef * 2.0 / static_cast<double>(N);
+  for (int64_t t = 0; t < N; ++t) {
+    const T* p = probs_.data() + t * E_;
+    for (int i = 0; i < E_; ++i) dp_[i] = aux_scale * fraction_[i];
+    const int64_t a0 = offsets_[t], a1 = offsets_[t + 1];
+    if (cfg_.renormalize) {
+      double chosen = 0, wdot = 0;
+      for (int64_t a = a0; a < a1; ++a) chosen += static_cast<double>(p[experts_[a]]);
+      for (int64_t a = a0; a < a1; ++a)
+        wdot += static_cast<double>(dweights[a]) * static_cast<double>(p[experts_[a]]) / chosen;
+      for (int64_t a = a0; a < a1; ++a)
+        dp_[experts_[a]] += (static_cast<double>(dweights[a]) - wdot) / chosen;
+    } else {
+      for (int64_t a = a0; a < a1; ++a) dp_[experts_[a]] += static_cast<double>(dweights[a]);
+    }
+    double dot = 0;
+    for (int i = 0; i < E_; ++i) dot += static_cast<double>(p[i]) * dp_[i];
+    T* dl = dlogits_.data() + t * E_;
+    const double zt = z_scale * lse_[t];
+    for (int i = 0; i < E_; ++i) {
+      const double pi = static_cast<double>(p[i]);
+      dl[i] = static_cast<T>(pi * (dp_[i] - dot) + zt * pi);
+    }
+  }
+  cpu::linear_backward(dh, weight_.grad.data(), dlogits_.data(), h_.data(), weight_.value.data(), N,
+                       d_, E_, /*accumulate_dx=*/true);
+}
+
+template class TopKRouter<float>;
+template class TopKRouter<double>;
+
+}  // namespace dirmoe

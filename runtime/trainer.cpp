@@ -1,0 +1,311 @@
+// Training loop (see trainer.h). Data indexing: global micro-batch g = step*(accum*world) +
+// a*world + rank holds samples [g*B, (g+1)*B), so N ranks with EP=N and one rank accumulating N
+// micro-batches see the same samples in the same roles (and the same router noise, which is keyed
+// by global token index g*B*S + ...).
+#include "runtime/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/cpu/ops.h"
+#include "runtime/core/error.h"
+#include "runtime/core/logging.h"
+#include "runtime/data/dataset.h"
+#include "runtime/model.h"
+#include "runtime/schedule.h"
+
+namespace dirmoe {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string fmt_duration(double s) {
+  char buf[32];
+  int64_t t = static_cast<int64_t>(std::max(0.0, s) + 0.5);
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+std::string fmt_rate(double r) {
+  char buf[32];
+  if (r >= 1e6) std::snprintf(buf, sizeof buf, "%.2fM", r / 1e6);
+  else if (r >= 1e3) std::snprintf(buf, sizeof buf, "%.1fk", r / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", r);
+  return buf;
+}
+
+template <class T>
+class Trainer {
+ public:
+  Trainer(const Config& cfg, MpiRuntime& mpi) : cfg_(cfg), mpi_(mpi), world_(mpi.world()) {
+    const auto& topo = mpi.topology();
+    rank_ = topo.rank;
+    W_ = topo.world_size;
+    validate_for_world(cfg_, W_);
+    const int ep = cfg_.parallel.ep;
+    ep_comm_ = world_.split(rank_ / ep, rank_, "ep");
+    replica_comm_ = world_.split(rank_ % ep, rank_, "expert-replica");
+    placement_ = cfg_.parallel.placement.empty()
+                     ? Placement::contiguous(cfg_.moe.num_experts, ep)
+                     : Placement::explicit_lists(cfg_.moe.num_experts, cfg_.parallel.placement);
+    unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    cpu::set_blas_threads(std::max(1, static_cast<int>(cores) / std::max(1, topo.local_size)));
+
+    const auto& m = cfg_.model;
+    train_data_ = std::make_unique<data::TrainingData>(cfg_.data, data::Split::kTrain, m.seq_len,
+                                                       cfg_.train.seed, m.vocab_size);
+    valid_data_ = std::make_unique<data::TrainingData>(cfg_.data, data::Split::kValid, m.seq_len,
+                                                       cfg_.train.seed, m.vocab_size);
+    model_ = std::make_unique<Model<T>>(cfg_, ep_comm_.get(), placement_);
+    model_->init_weights(cfg_.train.seed);
+    params_ = model_->parameters();
+    for (auto* p : params_) {
+      (p->kind == ParamKind::kExpert ? expert_ : replicated_).push_back(p);
+      int64_t n = p->numel();
+      (p->kind == ParamKind::kExpert ? expert_numel_ : replicated_numel_) += n;
+    }
+    adam_m_.resize(params_.size());
+    adam_v_.resize(params_.size());
+    for (size_t i = 0; i < params_.size(); ++i) {
+      adam_m_[i].resize(params_[i]->numel());
+      adam_v_[i].resize(params_[i]->numel());
+    }
+    flat_.resize(replicated_numel_);
+    tokens_.resize(cfg_.train.micro_batch * (m.seq_len + 1));
+    if (rank_ == 0) open_run_dir();
+  }
+
+  TrainSummary run() {
+    const auto& t = cfg_.train;
+    const int64_t B = t.micro_batch, S = cfg_.model.seq_len;
+    const int64_t global_tokens = B * S * t.grad_accum * W_;
+    const int64_t last = t.stop_at > 0 ? t.stop_at : t.steps;
+    TrainSummary sum;
+    log_info("dirmoe: ", W_, " rank(s), ep ", cfg_.parallel.ep, ", ", cfg_.moe.num_experts,
+             " experts (", placement_.local_experts(ep_comm_->rank()).size(),
+             " on rank 0), global batch ", B * t.grad_accum * W_, " x ", S, " tokens, ",
+             train_data_->num_samples(), " train / ", valid_data_->num_samples(),
+             " held-out samples");
+    sum.initial_eval_loss = evaluate();
+    log_info("eval  step ", 0, " | loss ", fixed(sum.initial_eval_loss, 4));
+    write_json({{"step", 0}, {"eval_loss", sum.initial_eval_loss}});
+    auto start = Clock::now();
+    for (int64_t step = 0; step < last; ++step) {
+      auto t0 = Clock::now();
+      for (auto* p : params_) p->grad.zero();
+      const int L = model_->num_layers(), E = cfg_.moe.num_experts;
+      std::vector<int64_t> counts(static_cast<size_t>(L) * E + L, 0);  // tokens/expert, dropped
+      std::vector<double> scalars(2 + 2 * L, 0.0);  // ce, router, per layer aux, z
+      const double scale = 1.0 / static_cast<double>(t.grad_accum * W_);
+      for (int a = 0; a < t.grad_accum; ++a) {
+        int64_t g = step * t.grad_accum * W_ + static_cast<int64_t>(a) * W_ + rank_;
+        load_batch(*train_data_, g * B);
+        RouterContext ctx{t.seed, step, 0, g * B * S, true};
+        MicroBatchResult r = model_->forward_backward(tokens_.data(), B, ctx, scale, true);
+        scalars[0] += r.ce_loss * scale;
+        scalars[1] += r.router_loss * scale;
+        for (int l = 0; l < L; ++l) {
+          const MoEStats& st = model_->moe_stats(l);
+          for (int e = 0; e < E; ++e) counts[l * E + e] += st.tokens_per_expert[e];
+          counts[L * E + l] += st.dropped;
+          scalars[2 + 2 * l] += st.router.aux_loss * scale;
+          scalars[3 + 2 * l] += st.router.z_loss * scale;
+        }
+      }
+      world_.all_reduce(scalars.data(), scalars.size(), DType::kF64, ReduceOp::kSum);
+      world_.all_reduce(counts.data(), counts.size(), DType::kI64, ReduceOp::kSum);
+      double gnorm = reduce_gradients();
+      double lr = lr_at(step, t.steps, t.lr, t.min_lr, t.warmup);
+      bool finite = std::isfinite(gnorm) && std::isfinite(scalars[0]);
+      if (finite) {
+        double clip = (t.clip > 0 && gnorm > t.clip) ? t.clip / (gnorm + 1e-6) : 1.0;
+        apply_adamw(lr, clip, step + 1);
+      } else {
+        log_warn("step ", step + 1, ": non-finite loss or gradient norm (", gnorm, "); step skipped");
+      }
+      double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+      double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      sum.losses.push_back(scalars[0]);
+      sum.final_train_loss = scalars[0];
+      sum.steps_run = step + 1;
+
+      nlohmann::json rec = {{"step", step + 1},         {"loss", scalars[0]},
+                            {"router_loss", scalars[1]}, {"lr", lr},
+                            {"grad_norm", gnorm},        {"tokens_per_s", global_tokens / dt},
+                            {"step_time_s", dt},         {"tokens", global_tokens}};
+      double worst = 0;
+      int worst_layer = 0;
+      nlohmann::json layers = nlohmann::json::array();
+      for (int l = 0; l < L; ++l) {
+        std::vector<int64_t> tpe(counts.begin() + l * E, counts.begin() + (l + 1) * E);
+        double total = 0, mx = 0;
+        for (int64_t c : tpe) {
+          total += c;
+          mx = std::max(mx, static_cast<double>(c));
+        }
+        double ratio = total > 0 ? mx / (total / E) : 0.0;
+        if (ratio > worst) {
+          worst = ratio;
+          worst_layer = l;
+        }
+        layers.push_back({{"layer", l},
+                          {"tokens_per_expert", tpe},
+                          {"load_max_over_mean", ratio},
+                          {"aux_loss", scalars[2 + 2 * l]},
+                          {"z_loss", scalars[3 + 2 * l]},
+                          {"dropped", counts[L * E + l]}});
+      }
+      rec["layers"] = layers;
+      rec["load_max_over_mean"] = worst;
+      bool do_eval = (t.eval_interval > 0 && (step + 1) % t.eval_interval == 0) || step + 1 == last;
+      if (do_eval) {
+        double ev = evaluate();
+        rec["eval_loss"] = ev;
+        sum.final_eval_loss = ev;
+      }
+      write_json(rec);
+      if ((step + 1) % t.log_interval == 0 || step == 0 || step + 1 == last) {
+        double eta = elapsed / (step + 1) * (last - step - 1);
+        log_info("step ", pad(step + 1, last), "/", last, " | loss ", fixed(scalars[0], 4),
+                 " | lr ", sci(lr), " | gnorm ", fixed(gnorm, 3), " | ",
+                 fmt_rate(global_tokens / dt), " tok/s | load max/mean ", fixed(worst, 2),
+                 " (layer ", worst_layer, ") | ETA ", fmt_duration(eta));
+      }
+      if (do_eval)
+        log_info("eval  step ", step + 1, " | loss ", fixed(sum.final_eval_loss, 4));
+    }
+    sum.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    log_info("done: ", sum.steps_run, " steps in ", fixed(sum.seconds, 1), " s | eval loss ",
+             fixed(sum.initial_eval_loss, 4), " -> ", fixed(sum.final_eval_loss, 4));
+    return sum;
+  }
+
+ private:
+  static std::string fixed(double v, int digits) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+    return buf;
+  }
+  static std::string sci(double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.2e", v);
+    return buf;
+  }
+  static std::string pad(int64_t v, int64_t width_of) {
+    std::string s = std::to_string(v), w = std::to_string(width_of);
+    return std::string(w.size() > s.size() ? w.size() - s.size() : 0, ' ') + s;
+  }
+
+  void load_batch(const data::TrainingData& data, int64_t first_sample) {
+    const int64_t S1 = cfg_.model.seq_len + 1;
+    for (int64_t b = 0; b < cfg_.train.micro_batch; ++b)
+      data.sample(first_sample + b, tokens_.data() + b * S1);
+  }
+
+  // Mean cross-entropy over eval_batches micro-batches per rank of the held-out split.
+  double evaluate() {
+    const auto& t = cfg_.train;
+    const int64_t B = t.micro_batch, S = cfg_.model.seq_len;
+    double total = 0;
+    for (int64_t j = 0; j < t.eval_batches; ++j) {
+      int64_t g = j * W_ + rank_;
+      load_batch(*valid_data_, g * B);
+      RouterContext ctx{t.seed, -1, 0, g * B * S, false};
+      total += model_->forward_backward(tokens_.data(), B, ctx, 0.0, false).ce_loss;
+    }
+    world_.all_reduce(&total, 1, DType::kF64, ReduceOp::kSum);
+    return total / static_cast<double>(t.eval_batches * W_);
+  }
+
+  // Sums replicated gradients over the world and expert gradients over their replicas; returns
+  // the global gradient norm (every parameter counted once).
+  double reduce_gradients() {
+    int64_t off = 0;
+    for (auto* p : replicated_) {
+      std::copy(p->grad.begin(), p->grad.end(), flat_.data() + off);
+      off += p->numel();
+    }
+    if (W_ > 1) world_.all_reduce(flat_.data(), off, dtype_of<T>(), ReduceOp::kSum);
+    off = 0;
+    for (auto* p : replicated_) {
+      std::copy(flat_.data() + off, flat_.data() + off + p->numel(), p->grad.data());
+      off += p->numel();
+    }
+    double rep_sq = cpu::sum_squares(flat_.data(), replicated_numel_);
+    if (replica_comm_->size() > 1)
+      for (auto* p : expert_)
+        replica_comm_->all_reduce(p->grad.data(), p->numel(), dtype_of<T>(), ReduceOp::kSum);
+    double exp_sq = 0;
+    for (auto* p : expert_) exp_sq += cpu::sum_squares(p->grad.data(), p->numel());
+    ep_comm_->all_reduce(&exp_sq, 1, DType::kF64, ReduceOp::kSum);
+    return std::sqrt(rep_sq + exp_sq);
+  }
+
+  void apply_adamw(double lr, double clip_scale, int64_t t1) {
+    const auto& t = cfg_.train;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      auto* p = params_[i];
+      if (clip_scale != 1.0) cpu::scale_inplace(p->grad.data(), p->numel(), clip_scale);
+      cpu::AdamWParams ap{lr, t.beta1, t.beta2, t.eps, p->decay ? t.weight_decay : 0.0, t1};
+      cpu::adamw_update(p->value.data(), p->grad.data(), adam_m_[i].data(), adam_v_[i].data(),
+                        p->numel(), ap);
+    }
+  }
+
+  void open_run_dir() {
+    fs::path dir(cfg_.output.run_dir);
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    DIRMOE_CHECK(!ec, "cannot create run directory '", dir.string(), "': ", ec.message());
+    std::ofstream cfg_out(dir / "config.resolved.yaml");
+    DIRMOE_CHECK(cfg_out.good(), "cannot write ", (dir / "config.resolved.yaml").string());
+    cfg_out << to_yaml(cfg_);
+    metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
+    DIRMOE_CHECK(metrics_.good(), "cannot write ", (dir / "metrics.jsonl").string());
+    log_info("run directory: ", dir.string());
+  }
+
+  void write_json(const nlohmann::json& j) {
+    if (rank_ != 0) return;
+    metrics_ << j.dump() << '\n';
+    metrics_.flush();
+  }
+
+  Config cfg_;
+  MpiRuntime& mpi_;
+  Communicator& world_;
+  int rank_ = 0, W_ = 1;
+  std::unique_ptr<Communicator> ep_comm_, replica_comm_;
+  Placement placement_;
+  std::unique_ptr<data::TrainingData> train_data_, valid_data_;
+  std::unique_ptr<Model<T>> model_;
+  std::vector<Parameter<T>*> params_, replicated_, expert_;
+  int64_t replicated_numel_ = 0, expert_numel_ = 0;
+  std::vector<Buffer<T>> adam_m_, adam_v_;
+  Buffer<T> flat_;
+  Buffer<int32_t> tokens_;
+  std::ofstream metrics_;
+};
+
+}  // namespace
+
+TrainSummary train(const Config& cfg, MpiRuntime& mpi) {
+  return dispatch_float(cfg.model.dtype == "f64" ? DType::kF64 : DType::kF32, [&](auto tag) {
+    using T = decltype(tag);
+    Trainer<T> trainer(cfg, mpi);
+    return trainer.run();
+  });
+}
+
+}  // namespace dirmoe
