@@ -38,8 +38,8 @@ struct Batch {
 };
 
 struct Encoded {
-  std::vector<int32_t> ids;       // all documents, concatenated
-  std::vector<int64_t> lengths;   // (documents)
+  std::vector<int32_t> ids;      // all documents, concatenated
+  std::vector<int64_t> lengths;  // (documents)
   int64_t bytes = 0;
 };
 
@@ -281,8 +281,7 @@ DataPrepareStats prepare_dataset(const DataPrepareOptions& opts) {
                files.size(), " files, all empty .jsonl)");
   writer.finalize();
   progress.update(stats.num_documents, stats.num_tokens, stats.num_bytes, true);
-  stats.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;
 }
 
@@ -336,8 +335,7 @@ int run_data_inspect(const DataInspectOptions& opts) {
       num_tokens = ds->num_tokens();
       read = [ds](int64_t o, int64_t n, int32_t* out) { ds->read_tokens(o, n, out); };
     } else {
-      DIRMOE_CHECK(file_exists(opts.path), opts.path, " does not exist (nor ", opts.path,
-                   ".idx)");
+      DIRMOE_CHECK(file_exists(opts.path), opts.path, " does not exist (nor ", opts.path, ".idx)");
       DIRMOE_CHECK(looks_like_token_shard(opts.path), opts.path,
                    " is neither a Megatron prefix nor an llm.c token shard");
       auto sh = std::make_shared<TokenShard>(opts.path);

@@ -1,6 +1,6 @@
-// `dirmoe data prepare` and `dirmoe data inspect` as library functions: the CLI (launch/) only fills
-// the option structs. prepare turns UTF-8 text (plain files: one document each; .jsonl: one JSON
-// object with a "text" field per line) into a Megatron indexed dataset; inspect prints what a
+// `dirmoe data prepare` and `dirmoe data inspect` as library functions: the CLI (launch/) only
+// fills the option structs. prepare turns UTF-8 text (plain files: one document each; .jsonl: one
+// JSON object with a "text" field per line) into a Megatron indexed dataset; inspect prints what a
 // Megatron prefix or an llm.c shard holds and decodes a document back to text.
 #pragma once
 
@@ -23,8 +23,8 @@ struct DataPrepareOptions {
 struct DataPrepareStats {
   int64_t num_documents = 0;
   int64_t num_tokens = 0;
-  int64_t num_bytes = 0;   // text bytes read
-  double seconds = 0;      // from the first document read to the index written
+  int64_t num_bytes = 0;  // text bytes read
+  double seconds = 0;     // from the first document read to the index written
   int64_t vocab_size = 0;
 };
 

@@ -155,8 +155,8 @@ struct TrainingData::Impl {
   int single_source = -1;                // the only weighted source, when there is one
 
   const Source& source(int s) const {
-    DIRMOE_CHECK(s >= 0 && s < static_cast<int>(sources.size()), "source ", s,
-                 " out of range [0, ", sources.size(), ")");
+    DIRMOE_CHECK(s >= 0 && s < static_cast<int>(sources.size()), "source ", s, " out of range [0, ",
+                 sources.size(), ")");
     return *sources[s];
   }
 };
@@ -173,9 +173,9 @@ TrainingData::TrainingData(const DataConfig& cfg, Split split, int64_t seq_len, 
   DIRMOE_CHECK(vocab_size >= 1, "vocab_size must be positive, got ", vocab_size);
   DIRMOE_CHECK(!cfg.sources.empty(), "no data sources given");
   DIRMOE_CHECK(cfg.sources.size() < (1u << 20), "too many data sources: ", cfg.sources.size());
-  DIRMOE_CHECK(std::isfinite(cfg.valid_fraction) && cfg.valid_fraction >= 0 &&
-                   cfg.valid_fraction < 1,
-               "valid_fraction must be in [0, 1), got ", cfg.valid_fraction);
+  DIRMOE_CHECK(
+      std::isfinite(cfg.valid_fraction) && cfg.valid_fraction >= 0 && cfg.valid_fraction < 1,
+      "valid_fraction must be in [0, 1), got ", cfg.valid_fraction);
   double weight_sum = 0;
   for (size_t i = 0; i < cfg.sources.size(); ++i) {
     const double w = cfg.sources[i].weight;

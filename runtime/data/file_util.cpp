@@ -83,6 +83,7 @@ void MappedFile::reset() {
 FileWriter::FileWriter(const std::string& path) : path_(path) {
   f_ = std::fopen(path.c_str(), "wb");
   DIRMOE_CHECK(f_ != nullptr, "cannot create ", path, ": ", std::strerror(errno));
+  std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
 }
 
 FileWriter::~FileWriter() {

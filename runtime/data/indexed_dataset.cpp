@@ -33,7 +33,7 @@ bool convert_tokens(uint8_t code, const uint8_t* src, int64_t count, int32_t* ou
       for (int64_t i = 0; i < count; ++i) out[i] = load<uint16_t>(src + 2 * i);
       return true;
     case TokenDType::kInt32:
-      std::memcpy(out, src, static_cast<size_t>(count) * 4);
+      if (count > 0) std::memcpy(out, src, static_cast<size_t>(count) * 4);
       return true;
     case TokenDType::kInt64:
       for (int64_t i = 0; i < count; ++i) {
@@ -64,13 +64,20 @@ int64_t first_bad_token(uint8_t code, const uint8_t* src, int64_t count, int64_t
     return -1;
   };
   switch (static_cast<TokenDType>(code)) {
-    case TokenDType::kUInt8: return scan(uint8_t{}, 1);
-    case TokenDType::kInt8: return scan(int8_t{}, 1);
-    case TokenDType::kInt16: return scan(int16_t{}, 2);
-    case TokenDType::kUInt16: return scan(uint16_t{}, 2);
-    case TokenDType::kInt32: return scan(int32_t{}, 4);
-    case TokenDType::kInt64: return scan(int64_t{}, 8);
-    default: DIRMOE_FAIL("dtype code ", int{code}, " does not hold token ids");
+    case TokenDType::kUInt8:
+      return scan(uint8_t{}, 1);
+    case TokenDType::kInt8:
+      return scan(int8_t{}, 1);
+    case TokenDType::kInt16:
+      return scan(int16_t{}, 2);
+    case TokenDType::kUInt16:
+      return scan(uint16_t{}, 2);
+    case TokenDType::kInt32:
+      return scan(int32_t{}, 4);
+    case TokenDType::kInt64:
+      return scan(int64_t{}, 8);
+    default:
+      DIRMOE_FAIL("dtype code ", int{code}, " does not hold token ids");
   }
 }
 
@@ -78,29 +85,47 @@ int64_t first_bad_token(uint8_t code, const uint8_t* src, int64_t count, int64_t
 
 int64_t megatron_dtype_size(uint8_t code) {
   switch (code) {
-    case 1: return 1;
-    case 2: return 1;
-    case 3: return 2;
-    case 4: return 4;
-    case 5: return 8;
-    case 6: return 8;
-    case 7: return 4;
-    case 8: return 2;
-    default: return 0;
+    case 1:
+      return 1;
+    case 2:
+      return 1;
+    case 3:
+      return 2;
+    case 4:
+      return 4;
+    case 5:
+      return 8;
+    case 6:
+      return 8;
+    case 7:
+      return 4;
+    case 8:
+      return 2;
+    default:
+      return 0;
   }
 }
 
 std::string_view megatron_dtype_name(uint8_t code) {
   switch (code) {
-    case 1: return "uint8";
-    case 2: return "int8";
-    case 3: return "int16";
-    case 4: return "int32";
-    case 5: return "int64";
-    case 6: return "float64";
-    case 7: return "float32";
-    case 8: return "uint16";
-    default: return "unknown";
+    case 1:
+      return "uint8";
+    case 2:
+      return "int8";
+    case 3:
+      return "int16";
+    case 4:
+      return "int32";
+    case 5:
+      return "int64";
+    case 6:
+      return "float64";
+    case 7:
+      return "float32";
+    case 8:
+      return "uint16";
+    default:
+      return "unknown";
   }
 }
 
@@ -139,11 +164,20 @@ void IndexedDatasetWriter::add_item(std::span<const int32_t> tokens) {
   const int64_t size = megatron_dtype_size(code);
   int64_t lo = 0, hi = 0;
   switch (dtype_) {
-    case TokenDType::kUInt8: hi = 255; break;
-    case TokenDType::kInt8: lo = -128, hi = 127; break;
-    case TokenDType::kInt16: lo = -32768, hi = 32767; break;
-    case TokenDType::kUInt16: hi = 65535; break;
-    default: lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+    case TokenDType::kUInt8:
+      hi = 255;
+      break;
+    case TokenDType::kInt8:
+      lo = -128, hi = 127;
+      break;
+    case TokenDType::kInt16:
+      lo = -32768, hi = 32767;
+      break;
+    case TokenDType::kUInt16:
+      hi = 65535;
+      break;
+    default:
+      lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
   }
   buffer_.resize(tokens.size() * size);
   uint8_t* dst = buffer_.data();
@@ -152,13 +186,17 @@ void IndexedDatasetWriter::add_item(std::span<const int32_t> tokens) {
     DIRMOE_CHECK(t >= lo && t <= hi, "token ", t, " does not fit ", megatron_dtype_name(code),
                  " in ", prefix_, ".bin");
     switch (size) {
-      case 1: dst[i] = static_cast<uint8_t>(t); break;
+      case 1:
+        dst[i] = static_cast<uint8_t>(t);
+        break;
       case 2: {
         uint16_t v = static_cast<uint16_t>(t);
         std::memcpy(dst + 2 * i, &v, 2);
         break;
       }
-      case 4: std::memcpy(dst + 4 * i, &t, 4); break;
+      case 4:
+        std::memcpy(dst + 4 * i, &t, 4);
+        break;
       default: {
         int64_t v = t;
         std::memcpy(dst + 8 * i, &v, 8);
@@ -236,8 +274,8 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
                "), which cannot hold token ids");
   const uint64_t s = load<uint64_t>(p + 18), d = load<uint64_t>(p + 26);
   const uint64_t body = static_cast<uint64_t>(size - kMegatronHeaderBytes);
-  DIRMOE_CHECK(s <= body / 12 && d <= body / 8 && s * 12 + d * 8 == body, idx_file, " is ",
-               size, " bytes but its header announces ", s, " sequences and ", d,
+  DIRMOE_CHECK(s <= body / 12 && d <= body / 8 && s * 12 + d * 8 == body, idx_file, " is ", size,
+               " bytes but its header announces ", s, " sequences and ", d,
                " document-index entries (", kMegatronHeaderBytes, " + 12 x ", s, " + 8 x ", d,
                " bytes): truncated or corrupt");
   num_sequences_ = static_cast<int64_t>(s);
@@ -257,12 +295,12 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
     expected_pointer += static_cast<int64_t>(len) * item_size_;
   }
   DIRMOE_CHECK(expected_pointer == bin_bytes(), bin_file, " is ", bin_bytes(), " bytes but ",
-               idx_file, " describes ", expected_pointer, " bytes (",
-               expected_pointer / item_size_, " tokens of ", megatron_dtype_name(dtype_code_),
-               "): truncated or mismatched");
+               idx_file, " describes ", expected_pointer, " bytes (", expected_pointer / item_size_,
+               " tokens of ", megatron_dtype_name(dtype_code_), "): truncated or mismatched");
   num_tokens_ = expected_pointer / item_size_;
 
-  DIRMOE_CHECK(num_doc_index_ >= 1, idx_file, ": the document index is empty (it must start with 0)");
+  DIRMOE_CHECK(num_doc_index_ >= 1, idx_file,
+               ": the document index is empty (it must start with 0)");
   DIRMOE_CHECK(document_index_entry(0) == 0, idx_file, ": the document index starts with ",
                document_index_entry(0), ", expected 0");
   for (int64_t i = 1; i < num_doc_index_; ++i) {
@@ -294,8 +332,9 @@ int64_t IndexedDataset::document_index_entry(int64_t i) const {
 }
 
 void IndexedDataset::read_tokens(int64_t offset, int64_t count, int32_t* out) const {
-  DIRMOE_CHECK(offset >= 0 && count >= 0 && offset <= num_tokens_ - count, "tokens [", offset,
-               ", ", offset + count, ") out of range [0, ", num_tokens_, ") in ", bin_path());
+  DIRMOE_CHECK(offset >= 0 && count >= 0 && offset <= num_tokens_ - count, "tokens [", offset, ", ",
+               offset + count, ") out of range [0, ", num_tokens_, ") in ", bin_path());
+  if (count == 0) return;
   DIRMOE_CHECK(convert_tokens(dtype_code_, bin_.data() + offset * item_size_, count, out),
                "a token in ", bin_path(), " [", offset, ", ", offset + count,
                ") does not fit int32");
@@ -354,8 +393,9 @@ const uint16_t* TokenShard::tokens() const {
 }
 
 void TokenShard::read_tokens(int64_t offset, int64_t count, int32_t* out) const {
-  DIRMOE_CHECK(offset >= 0 && count >= 0 && offset <= num_tokens_ - count, "tokens [", offset,
-               ", ", offset + count, ") out of range [0, ", num_tokens_, ") in ", path_);
+  DIRMOE_CHECK(offset >= 0 && count >= 0 && offset <= num_tokens_ - count, "tokens [", offset, ", ",
+               offset + count, ") out of range [0, ", num_tokens_, ") in ", path_);
+  if (count == 0) return;
   convert_tokens(static_cast<uint8_t>(TokenDType::kUInt16),
                  file_.data() + kShardHeaderBytes + 2 * offset, count, out);
 }
@@ -363,9 +403,9 @@ void TokenShard::read_tokens(int64_t offset, int64_t count, int32_t* out) const 
 void TokenShard::validate_tokens(int64_t vocab_size) const {
   if (num_tokens_ == 0) return;
   int64_t value = 0;
-  const int64_t bad = first_bad_token(static_cast<uint8_t>(TokenDType::kUInt16),
-                                      file_.data() + kShardHeaderBytes, num_tokens_, vocab_size,
-                                      &value);
+  const int64_t bad =
+      first_bad_token(static_cast<uint8_t>(TokenDType::kUInt16), file_.data() + kShardHeaderBytes,
+                      num_tokens_, vocab_size, &value);
   DIRMOE_CHECK(bad < 0, path_, ": token ", value, " at position ", bad,
                " is outside the vocabulary [0, ", vocab_size, ")");
 }

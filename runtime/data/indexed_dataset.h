@@ -146,8 +146,8 @@ class TokenShard {
   int64_t num_tokens_ = 0;
 };
 
-// Document boundaries of a shard: a document starts at token 0 and at every later `eot` token (llm.c
-// puts <|endoftext|> before each document). Returns (documents + 1) offsets; {0} when empty.
+// Document boundaries of a shard: a document starts at token 0 and at every later `eot` token
+// (llm.c puts <|endoftext|> before each document). Returns (documents + 1) offsets; {0} when empty.
 std::vector<int64_t> shard_document_starts(const TokenShard& shard, int32_t eot);
 
 // Writes an llm.c shard; every token must be in [0, 65536).

@@ -1,7 +1,7 @@
 // GPT-2 byte-level BPE (see tokenizer.h). Two behaviours of the reference JavaScript encoder are
-// reproduced on purpose: its `\s` (ECMAScript white space: U+FEFF yes, U+0085 and U+180E no) and its
-// merge-rank table keyed by the string "a,b", under which some non-merge pairs such as ("\",", "\"")
-// inherit the rank of the merge ("\"", ",\"") that prints the same.
+// reproduced on purpose: its `\s` (ECMAScript white space: U+FEFF yes, U+0085 and U+180E no) and
+// its merge-rank table keyed by the string "a,b", under which some non-merge pairs such as ("\",",
+// "\"") inherit the rank of the merge ("\"", ",\"") that prints the same.
 #include "runtime/data/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -307,8 +307,8 @@ void Gpt2Tokenizer::Impl::load(const std::string& encoder_path, const std::strin
     DIRMOE_CHECK(value.is_number_integer(), "malformed ", encoder_path, ": the id of token \"", key,
                  "\" is not an integer");
     int64_t id = value.get<int64_t>();
-    DIRMOE_CHECK(id >= 0 && id < (int64_t{1} << 31) - 1, "malformed ", encoder_path,
-                 ": token \"", key, "\" has id ", id, " outside [0, 2^31-1)");
+    DIRMOE_CHECK(id >= 0 && id < (int64_t{1} << 31) - 1, "malformed ", encoder_path, ": token \"",
+                 key, "\" has id ", id, " outside [0, 2^31-1)");
     max_id = std::max(max_id, id);
     token_id.emplace(key, static_cast<int32_t>(id));
   }
@@ -434,10 +434,10 @@ void Gpt2Tokenizer::Impl::split_valid(ThreadState& ts, std::string_view text, Em
   const size_t n = text.size();
   size_t off = 0;
   while (off < n) {
-    int rc = jit ? pcre2_jit_match(re, subject, n, off, PCRE2_NO_UTF_CHECK, ts.match_data,
-                                   ts.match_context)
-                 : pcre2_match(re, subject, n, off, PCRE2_NO_UTF_CHECK, ts.match_data,
-                               ts.match_context);
+    int rc =
+        jit ? pcre2_jit_match(re, subject, n, off, PCRE2_NO_UTF_CHECK, ts.match_data,
+                              ts.match_context)
+            : pcre2_match(re, subject, n, off, PCRE2_NO_UTF_CHECK, ts.match_data, ts.match_context);
     if (rc == PCRE2_ERROR_NOMATCH) {
       emit(text.substr(off));
       return;

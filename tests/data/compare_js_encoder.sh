@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Token-for-token identity with the reference JavaScript GPT-2 encoder (npm gpt-3-encoder) on the
-# whole stripped Brown Corpus and on tests/data/adversarial/*.txt: our ids come from
+# whole stripped Brown Corpus, on tests/data/adversarial/*.txt and on 300 random documents
+# (js_reference.mjs generate, fixed seed): our ids come from
 # `data prepare` (one document per file), the reference's from node; prints the mismatched-token
 # count of each set and fails unless both are 0. Exits 77 (CTest SKIP) without node or the npm
 # packages (launch/data/build_default_corpus.sh installs them).
@@ -37,5 +38,7 @@ check_set() {  # name, files...
 export LC_ALL=C
 check_set brown "$brown_text"/*.txt
 check_set adversarial "$root"/tests/data/adversarial/*.txt
+node "$root/tests/data/js_reference.mjs" generate "$encoder" "$tmp/random" 300 "${DIRMOE_RANDOM_SEED:-2024}"
+check_set random "$tmp"/random/*.txt
 if [[ $status -eq 0 ]]; then echo "identical to the reference encoder"; fi
 exit $status

@@ -2,14 +2,16 @@
 // per file, read as UTF-8 exactly as a node user would.
 //   node js_reference.mjs compare ENCODER_DIR PREFIX FILE...  token-for-token check of PREFIX.bin/.idx
 //   node js_reference.mjs bench ENCODER_DIR FILE...           encode throughput as one JSON line
+//   node js_reference.mjs generate ENCODER_DIR OUT_DIR N SEED  N random valid-UTF-8 documents
 // ENCODER_DIR is the gpt-3-encoder package directory.
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 
 const [mode, encoderDir, ...rest] = process.argv.slice(2);
-if (!['compare', 'bench'].includes(mode) || !encoderDir) {
-  console.error('usage: js_reference.mjs compare ENCODER_DIR PREFIX FILE... | bench ENCODER_DIR FILE...');
+if (!['compare', 'bench', 'generate'].includes(mode) || !encoderDir) {
+  console.error('usage: js_reference.mjs compare ENCODER_DIR PREFIX FILE... | bench ENCODER_DIR FILE... | ' +
+                'generate ENCODER_DIR OUT_DIR N SEED');
   process.exit(2);
 }
 const require = createRequire(import.meta.url);
@@ -43,7 +45,52 @@ function readIndexed(prefix) {
   return docs;
 }
 
-if (mode === 'compare') {
+// Random documents built from the pieces that stress the pre-tokeniser: words, contractions in
+// both cases, digits, punctuation runs, every ECMAScript white space and its near misses, and code
+// points drawn from all planes (unassigned ones included; never surrogates).
+function generate(outDir, n, seed) {
+  let state = BigInt(seed) * 6364136223846793005n + 1442695040888963407n;
+  const next = () => {
+    state = (state * 6364136223846793005n + 1442695040888963407n) & 0xffffffffffffffffn;
+    return Number(state >> 33n);
+  };
+  const pick = (a) => a[next() % a.length];
+  const spaces = [' ', '  ', '\t', '\n', '\r\n', '\x0b', '\x0c', '\u00a0', '\u1680', '\u2000', '\u200a',
+                  '\u2028', '\u2029', '\u202f', '\u205f', '\u3000', '\ufeff', '\u0085', '\u180e', '\u200b',
+                  '\n\n\n', '    ', ' \n '];
+  const words = ['the', 'The', 'THE', 'cat', 'naïve', 'résumé', 'мир', 'κόσμος', '世界', 'こんにちは', '안녕',
+                 'مرحبا', 'שלום', 'हिन्दी', 'ไทย', 'x86_64', 'GPT2'];
+  const tails = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'LL", "'", "''", "'x"];
+  const puncts = ['.', ',', '!?', '...', '"', '",', '","', "','", '],[', '(', ')', '--', '—', '…', '🙂', '👍🏽',
+                  '\u0301', '\u200d', '#', '$', '%', '&&', '<|endoftext|>'];
+  const codePoint = () => {
+    const plane = next() % 8;
+    const max = plane < 4 ? 0x80 << (plane * 4) : 0x110000;
+    let c = next() % max;
+    if (c >= 0xd800 && c <= 0xdfff) c = 0x41;
+    return String.fromCodePoint(c);
+  };
+  fs.mkdirSync(outDir, { recursive: true });
+  for (let d = 0; d < n; d++) {
+    let text = '';
+    const len = 20 + (next() % 400);
+    for (let i = 0; i < len; i++) {
+      const r = next() % 10;
+      if (r < 3) text += pick(words);
+      else if (r < 5) text += pick(spaces);
+      else if (r < 6) text += pick(tails);
+      else if (r < 7) text += String(next() % 100000);
+      else if (r < 8) text += pick(puncts);
+      else text += codePoint();
+    }
+    fs.writeFileSync(path.join(outDir, `random${String(d).padStart(4, '0')}.txt`), text);
+  }
+}
+
+if (mode === 'generate') {
+  const [outDir, n, seed] = rest;
+  generate(outDir, Number(n), Number(seed));
+} else if (mode === 'compare') {
   const [prefix, ...files] = rest;
   const ours = readIndexed(prefix);
   if (ours.length !== files.length) {

@@ -35,8 +35,8 @@ void expect_error(Fn&& fn, const std::string& file, const std::string& needle) {
     ADD_FAILURE() << "no error; expected '" << needle << "'";
   } catch (const Error& e) {
     const std::string what = e.what();
-    EXPECT_NE(what.find(file), std::string::npos) << "message does not name " << file << ": "
-                                                  << what;
+    EXPECT_NE(what.find(file), std::string::npos)
+        << "message does not name " << file << ": " << what;
     EXPECT_NE(what.find(needle), std::string::npos) << "message lacks '" << needle << "': " << what;
   }
 }
@@ -84,8 +84,8 @@ TEST(IndexedDataset, DtypeFollowsVocabulary) {
 
 TEST(IndexedDataset, ReaderRoundTrip) {
   TempDir dir;
-  for (TokenDType dt : {TokenDType::kUInt16, TokenDType::kInt32, TokenDType::kInt64,
-                        TokenDType::kUInt8}) {
+  for (TokenDType dt :
+       {TokenDType::kUInt16, TokenDType::kInt32, TokenDType::kInt64, TokenDType::kUInt8}) {
     const std::string prefix = dir / ("rt" + std::to_string(static_cast<int>(dt)));
     IndexedDatasetWriter w(prefix, dt);
     std::vector<std::vector<int32_t>> docs = {{1, 2, 3}, {}, {200, 100}, {7}};

@@ -97,8 +97,8 @@ class ReferenceBpe {
 class TinyTokenizer : public ::testing::Test {
  protected:
   void SetUp() override {
-    write_tiny_tokenizer(dir_.path(), {{"a", "a"}, {"aa", "a"}, {" ", "a"}, {"b", "c"},
-                                       {" a", "bc"}, {"'", "s"}});
+    write_tiny_tokenizer(
+        dir_.path(), {{"a", "a"}, {"aa", "a"}, {" ", "a"}, {"b", "c"}, {" a", "bc"}, {"'", "s"}});
   }
   TempDir dir_;
 };
@@ -190,7 +190,8 @@ TEST_F(TinyTokenizer, ConcurrentEncodesAgree) {
   for (int w = 0; w < 4; ++w) {
     threads.emplace_back([&, w] {
       for (int rep = 0; rep < 5; ++rep) {
-        for (size_t i = 0; i < texts.size(); ++i) failures[w] += tok.encode(texts[i]) != expected[i];
+        for (size_t i = 0; i < texts.size(); ++i)
+          failures[w] += tok.encode(texts[i]) != expected[i];
       }
     });
   }
@@ -290,8 +291,8 @@ TEST_F(Gpt2Files, HeapBpeEqualsTheReferenceLoop) {
   ReferenceBpe ref(dir_);
   std::mt19937_64 rng(11);
   // Quote/comma runs exercise the pairs whose "a,b" key matches another merge's key.
-  const std::vector<std::string> alphabets = {"\",'[](){}.", "abcdefghijklmnopqrstuvwxyz",
-                                              "etaoinshr ", "0123456789", " \n\t", "=-_*#"};
+  const std::vector<std::string> alphabets = {
+      "\",'[](){}.", "abcdefghijklmnopqrstuvwxyz", "etaoinshr ", "0123456789", " \n\t", "=-_*#"};
   int checked = 0;
   for (int i = 0; i < 4000; ++i) {
     const std::string& al = alphabets[i % alphabets.size()];

@@ -220,28 +220,52 @@ TEST(TrainingData, LlmcShardDocumentsAreDelimitedByEot) {
 
 TEST(TrainingData, BadSources) {
   TempDir dir;
-  expect_error([&] { TrainingData({{{1.0, dir / "missing"}}, 0.0}, Split::kTrain, 8, 1, 100); },
-               "does not exist");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "missing"}}, 0.0}, Split::kTrain, 8, 1, 100);
+      },
+      "does not exist");
   write_docs(dir / "big", 4, 90, [](int) { return 20; });
-  expect_error([&] { TrainingData({{{1.0, dir / "big"}}, 0.0}, Split::kTrain, 8, 1, 92); },
-               "token 92 at position 40 (sequence 2) is outside the vocabulary [0, 92)");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "big"}}, 0.0}, Split::kTrain, 8, 1, 92);
+      },
+      "token 92 at position 40 (sequence 2) is outside the vocabulary [0, 92)");
   IndexedDatasetWriter w(dir / "empty", TokenDType::kUInt16);
   w.finalize();
-  expect_error([&] { TrainingData({{{1.0, dir / "empty"}}, 0.0}, Split::kTrain, 8, 1, 100); },
-               "has no documents");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "empty"}}, 0.0}, Split::kTrain, 8, 1, 100);
+      },
+      "has no documents");
   write_docs(dir / "short", 3, 1, [](int) { return 2; });
-  expect_error([&] { TrainingData({{{1.0, dir / "short"}}, 0.0}, Split::kTrain, 8, 1, 100); },
-               "too few for one sample");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "short"}}, 0.0}, Split::kTrain, 8, 1, 100);
+      },
+      "too few for one sample");
   testing::write_file(dir / "junk.bin", std::string(2048, 'j'));
-  expect_error([&] { TrainingData({{{1.0, dir / "junk.bin"}}, 0.0}, Split::kTrain, 8, 1, 100); },
-               "neither a Megatron prefix");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "junk.bin"}}, 0.0}, Split::kTrain, 8, 1, 100);
+      },
+      "neither a Megatron prefix");
   write_token_shard(dir / "s.bin", std::vector<int32_t>{1, 2, 60000});
-  expect_error([&] { TrainingData({{{1.0, dir / "s.bin"}}, 0.0}, Split::kTrain, 1, 1, 50257); },
-               "token 60000 at position 2");
-  expect_error([&] { TrainingData({{{1.0, dir / "big"}}, 0.0}, Split::kTrain, 0, 1, 100); },
-               "seq_len");
-  expect_error([&] { TrainingData({{{1.0, dir / "big"}}, 1.0}, Split::kTrain, 8, 1, 100); },
-               "valid_fraction");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "s.bin"}}, 0.0}, Split::kTrain, 1, 1, 50257);
+      },
+      "token 60000 at position 2");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "big"}}, 0.0}, Split::kTrain, 0, 1, 100);
+      },
+      "seq_len");
+  expect_error(
+      [&] {
+        TrainingData({{{1.0, dir / "big"}}, 1.0}, Split::kTrain, 8, 1, 100);
+      },
+      "valid_fraction");
 }
 
 TEST(TrainingData, AcceptsPrefixWithBinSuffix) {

@@ -23,18 +23,18 @@ std::string env(const char* name) {
   return v ? v : "";
 }
 
-struct Run {
+struct Proc {
   int code = -1;
   std::string output;
 };
 
 // Runs a shell command with a hard time limit; stdout+stderr captured.
-Run sh(const std::string& cmd, int timeout_s = 300) {
+Proc sh(const std::string& cmd, int timeout_s = 300) {
   fs::path log = fs::temp_directory_path() / ("dirmoe_e2e_" + std::to_string(::getpid()) + ".log");
   std::string full = "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " +
                      log.string() + " 2>&1";
   int rc = std::system(full.c_str());
-  Run r;
+  Proc r;
   r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
   std::ifstream in(log);
   std::stringstream ss;
@@ -87,10 +87,10 @@ std::string small_job(int steps) {
 void expect_same_losses(int np, const std::string& extra_ep) {
   require_corpus();
   fs::path a = work_dir("ep" + std::to_string(np)), b = work_dir("accum" + std::to_string(np));
-  Run ra = sh(mpiexec(np) + bin() + small_job(20) + " --set parallel.ep=" + std::to_string(np) +
+  Proc ra = sh(mpiexec(np) + bin() + small_job(20) + " --set parallel.ep=" + std::to_string(np) +
               extra_ep + " --run-dir " + a.string());
   ASSERT_EQ(ra.code, 0) << ra.output;
-  Run rb = sh(mpiexec(1) + bin() + small_job(20) + " --set parallel.ep=1 --set train.grad_accum=" +
+  Proc rb = sh(mpiexec(1) + bin() + small_job(20) + " --set parallel.ep=1 --set train.grad_accum=" +
               std::to_string(np) + " --run-dir " + b.string());
   ASSERT_EQ(rb.code, 0) << rb.output;
   auto la = step_losses(a), lb = step_losses(b);
@@ -117,7 +117,7 @@ TEST(Equivalence, UnevenPlacementOnFourRanksEqualsOneRank) {
 TEST(Learning, TinyModelEvalLossFallsOnRealText) {
   require_corpus();
   fs::path dir = work_dir("learn");
-  Run r = sh(mpiexec(2) + bin() + " train --config " + src() + "/configs/tiny.yaml --set data.paths=[" +
+  Proc r = sh(mpiexec(2) + bin() + " train --config " + src() + "/configs/tiny.yaml --set data.paths=[" +
              corpus() + "] --set train.steps=60 --set model.seq_len=64 --set train.eval_interval=30 " +
              "--run-dir " + dir.string());
   ASSERT_EQ(r.code, 0) << r.output;
@@ -144,7 +144,7 @@ TEST(Learning, TinyModelEvalLossFallsOnRealText) {
   EXPECT_GE(s["layers"][0]["load_max_over_mean"].get<double>(), 1.0);
 }
 
-void expect_clean_failure(const Run& r, const std::string& needle) {
+void expect_clean_failure(const Proc& r, const std::string& needle) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.code, 137) << "killed by the time limit (a hang): " << r.output;
   EXPECT_NE(r.output.find(needle), std::string::npos) << "'" << needle << "' not in:\n" << r.output;
@@ -174,7 +174,7 @@ TEST(BadInput, MissingDataFileNamesThePath) {
 }
 
 TEST(ConfigCheck, PrintsResolvedConfigCountsAndMemory) {
-  Run r = sh(bin() + " config check --config " + src() + "/configs/tiny.yaml", 60);
+  Proc r = sh(bin() + " config check --config " + src() + "/configs/tiny.yaml", 60);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("resolved configuration"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("parameters: total"), std::string::npos) << r.output;
