@@ -106,7 +106,10 @@ class Trainer {
       for (auto* p : params_) p->grad.zero();
       const int L = model_->num_layers(), E = cfg_.moe.num_experts;
       std::vector<int64_t> counts(static_cast<size_t>(L) * E + L, 0);  // tokens/expert, dropped
-      std::vector<double> scalars(2 + 2 * L, 0.0);  // ce, router, per layer aux, z
+      // ce, router loss, then per layer: aux, z, mean active experts, the router's named scalars
+      // (the same names in the same order on every rank), each averaged over the global batch.
+      std::vector<double> scalars(2, 0.0);
+      std::vector<size_t> layer_off(L + 1, 0);
       const double scale = 1.0 / static_cast<double>(t.grad_accum * W_);
       for (int a = 0; a < t.grad_accum; ++a) {
         int64_t g = step * t.grad_accum * W_ + static_cast<int64_t>(a) * W_ + rank_;
@@ -115,12 +118,23 @@ class Trainer {
         MicroBatchResult r = model_->forward_backward(tokens_.data(), B, ctx, scale, true);
         scalars[0] += r.ce_loss * scale;
         scalars[1] += r.router_loss * scale;
+        if (a == 0) {
+          for (int l = 0; l < L; ++l) {
+            layer_off[l] = scalars.size() - 2;
+            scalars.resize(scalars.size() + 3 + model_->moe_stats(l).router.scalars.size(), 0.0);
+          }
+          layer_off[L] = scalars.size() - 2;
+        }
         for (int l = 0; l < L; ++l) {
           const MoEStats& st = model_->moe_stats(l);
           for (int e = 0; e < E; ++e) counts[l * E + e] += st.tokens_per_expert[e];
           counts[L * E + l] += st.dropped;
-          scalars[2 + 2 * l] += st.router.aux_loss * scale;
-          scalars[3 + 2 * l] += st.router.z_loss * scale;
+          double* ls = scalars.data() + 2 + layer_off[l];
+          ls[0] += st.router.aux_loss * scale;
+          ls[1] += st.router.z_loss * scale;
+          ls[2] += st.router.mean_active * scale;
+          for (size_t j = 0; j < st.router.scalars.size(); ++j)
+            ls[3 + j] += st.router.scalars[j].second * scale;
         }
       }
       world_.all_reduce(scalars.data(), scalars.size(), DType::kF64, ReduceOp::kSum);
@@ -144,7 +158,7 @@ class Trainer {
                             {"router_loss", scalars[1]}, {"lr", lr},
                             {"grad_norm", gnorm},        {"tokens_per_s", global_tokens / dt},
                             {"step_time_s", dt},         {"tokens", global_tokens}};
-      double worst = 0;
+      double worst = 0, mean_active = 0;
       int worst_layer = 0;
       nlohmann::json layers = nlohmann::json::array();
       for (int l = 0; l < L; ++l) {
@@ -159,15 +173,22 @@ class Trainer {
           worst = ratio;
           worst_layer = l;
         }
-        layers.push_back({{"layer", l},
-                          {"tokens_per_expert", tpe},
-                          {"load_max_over_mean", ratio},
-                          {"aux_loss", scalars[2 + 2 * l]},
-                          {"z_loss", scalars[3 + 2 * l]},
-                          {"dropped", counts[L * E + l]}});
+        const double* ls = scalars.data() + 2 + layer_off[l];
+        nlohmann::json lj = {{"layer", l},
+                             {"tokens_per_expert", tpe},
+                             {"load_max_over_mean", ratio},
+                             {"aux_loss", ls[0]},
+                             {"z_loss", ls[1]},
+                             {"active_experts", ls[2]},
+                             {"dropped", counts[L * E + l]}};
+        const auto& names = model_->moe_stats(l).router.scalars;
+        for (size_t j = 0; j < names.size(); ++j) lj[names[j].first] = ls[3 + j];
+        layers.push_back(lj);
+        mean_active += ls[2] / L;
       }
       rec["layers"] = layers;
       rec["load_max_over_mean"] = worst;
+      rec["active_experts"] = mean_active;
       bool do_eval = (t.eval_interval > 0 && (step + 1) % t.eval_interval == 0) || step + 1 == last;
       if (do_eval) {
         double ev = evaluate();
@@ -179,8 +200,9 @@ class Trainer {
         double eta = elapsed / (step + 1) * (last - step - 1);
         log_info("step ", pad(step + 1, last), "/", last, " | loss ", fixed(scalars[0], 4),
                  " | lr ", sci(lr), " | gnorm ", fixed(gnorm, 3), " | ",
-                 fmt_rate(global_tokens / dt), " tok/s | load max/mean ", fixed(worst, 2),
-                 " (layer ", worst_layer, ") | ETA ", fmt_duration(eta));
+                 fmt_rate(global_tokens / dt), " tok/s | active ", fixed(mean_active, 2),
+                 " | load max/mean ", fixed(worst, 2), " (layer ", worst_layer, ") | ETA ",
+                 fmt_duration(eta));
       }
       if (do_eval)
         log_info("eval  step ", step + 1, " | loss ", fixed(sum.final_eval_loss, 4));

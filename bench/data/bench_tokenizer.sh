@@ -35,7 +35,7 @@ echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 t0="$(now)"
 js="$(node "$root/tests/data/js_reference.mjs" bench "$encoder" "${files[@]}")"
 t1="$(now)"
-js_wall="$(echo "$t1 - $t0" | bc -l)"
+js_wall="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
 
 ours=()
 walls=()
@@ -43,7 +43,7 @@ for run in 1 2 3; do
   t0="$(now)"
   line="$("${prepare[@]}" --input "$text" --tokenizer "$encoder" --output "$tmp/b$run" --workers "$workers" 2>/dev/null)"
   t1="$(now)"
-  walls+=("$(echo "$t1 - $t0" | bc -l)")
+  walls+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
   ours+=("$(sed -E 's/.* \(([0-9.]+) MB\/s, ([0-9]+) tokens\/s\).*/\1 \2/' <<<"$line")")
 done
 median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
@@ -57,5 +57,5 @@ cmp -s "$tmp/b1.bin" "$tmp/b2.bin" || { echo "error: runs differ" >&2; exit 1; }
 printf '%-34s %10s %14s %10s\n' "encoder" "MB/s" "tokens/s" "wall s"
 printf '%-34s %10.2f %14.0f %10.2f\n' "gpt-3-encoder@1.1.4 (node $(node --version))" "$js_mbs" "$js_tps" "$js_wall"
 printf '%-34s %10.2f %14.0f %10.2f\n' "dirmoe data prepare --workers $workers" "$our_mbs" "$our_tps" "$our_wall"
-printf 'ratio (dirmoe / reference): %.1fx MB/s, %.1fx wall clock\n' \
-  "$(echo "$our_mbs / $js_mbs" | bc -l)" "$(echo "$js_wall / $our_wall" | bc -l)"
+awk -v a="$our_mbs" -v b="$js_mbs" -v c="$js_wall" -v d="$our_wall" \
+  'BEGIN { printf "ratio (dirmoe / reference): %.1fx MB/s, %.1fx wall clock\n", a / b, c / d }'

@@ -12,7 +12,6 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 #include <utility>

@@ -84,10 +84,12 @@ std::string small_job(int steps) {
          " --set train.log_interval=5";
 }
 
-void expect_same_losses(int np, const std::string& extra_ep) {
+// np ranks with EP = ep (np / ep expert replicas) against one rank accumulating np micro-batches.
+void expect_same_losses(int np, const std::string& extra_ep, int ep = 0) {
+  if (ep == 0) ep = np;
   require_corpus();
   fs::path a = work_dir("ep" + std::to_string(np)), b = work_dir("accum" + std::to_string(np));
-  Proc ra = sh(mpiexec(np) + bin() + small_job(20) + " --set parallel.ep=" + std::to_string(np) +
+  Proc ra = sh(mpiexec(np) + bin() + small_job(20) + " --set parallel.ep=" + std::to_string(ep) +
               extra_ep + " --run-dir " + a.string());
   ASSERT_EQ(ra.code, 0) << ra.output;
   Proc rb = sh(mpiexec(1) + bin() + small_job(20) + " --set parallel.ep=1 --set train.grad_accum=" +
@@ -104,7 +106,7 @@ void expect_same_losses(int np, const std::string& extra_ep) {
                          << lb[i];
   }
   std::printf("EP=%d on %d ranks vs 1 rank x %d accumulation: 20 steps, loss %.6f -> %.6f, worst "
-              "relative difference %.3g\n", np, np, np, lb.front(), lb.back(), worst);
+              "relative difference %.3g\n", ep, np, np, lb.front(), lb.back(), worst);
   EXPECT_LT(lb.back(), lb.front());  // it trains
 }
 
@@ -112,6 +114,10 @@ TEST(Equivalence, Ep2OnTwoRanksEqualsOneRankWithAccumulation) { expect_same_loss
 TEST(Equivalence, Ep4OnFourRanksEqualsOneRankWithAccumulation) { expect_same_losses(4, ""); }
 TEST(Equivalence, UnevenPlacementOnFourRanksEqualsOneRank) {
   expect_same_losses(4, " --set \"experts.placement=[[0,1,2],[3],[4,5],[6,7]]\"");
+}
+
+TEST(Equivalence, Ep2WithTwoExpertReplicasOnFourRanksEqualsOneRank) {
+  expect_same_losses(4, "", 2);
 }
 
 TEST(Learning, TinyModelEvalLossFallsOnRealText) {
