@@ -2,23 +2,97 @@
 #include "router/router.h"
 
 #include <cmath>
+#include <sstream>
 
+#include "router/dirichlet.h"
+#include "router/dirmoe_router.h"
+#include "router/probmoe_router.h"
 #include "router/topk_router.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {
+namespace {
+
+void require(bool ok, const char* key, const std::string& what) {
+  if (!ok) DIRMOE_FAIL(key, ": ", what);
+}
+
+template <class V>
+std::string str(V v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+void validate_dirmoe(const RouterConfig& cfg, int E) {
+  const DirMoEConfig& c = cfg.dirmoe;
+  validate_schedule(c.tau, "moe.router.dirmoe.tau", 0.0, /*strict=*/true);
+  require(std::isfinite(c.r_min) && c.r_min >= 0 && c.r_min <= 1, "moe.router.dirmoe.r_min",
+          "must lie in [0, 1], got " + str(c.r_min));
+  require(c.max_active >= 1, "moe.router.dirmoe.max_active",
+          "must be >= 1 (at most this many experts run per token), got " + str(c.max_active));
+  validate_schedule(c.lambda_q, "moe.router.dirmoe.lambda_q", 0.0, /*strict=*/true);
+  require(std::isfinite(c.alpha_floor) && c.alpha_floor > 0, "moe.router.dirmoe.alpha_floor",
+          "must be positive, got " + str(c.alpha_floor));
+  validate_schedule(c.beta, "moe.router.dirmoe.beta", 0.0, /*strict=*/false);
+  validate_schedule(c.recon_weight, "moe.router.dirmoe.recon_weight", 0.0, /*strict=*/false);
+  validate_schedule(c.lambda_sparsity, "moe.router.dirmoe.lambda_sparsity", 0.0,
+                    /*strict=*/false);
+  require(c.eval == "gate" || c.eval == "soft" || c.eval == "sample", "moe.router.dirmoe.eval",
+          "unknown evaluation rule '" + c.eval + "' (available: gate, soft, sample)");
+  require(c.gamma_sampler == "marsaglia_tsang" || c.gamma_sampler == "inverse_cdf",
+          "moe.router.dirmoe.gamma_sampler",
+          "unknown sampler '" + c.gamma_sampler + "' (available: marsaglia_tsang, inverse_cdf)");
+  const DirMoEPriorConfig& p = c.prior;
+  if (p.is_explicit()) {
+    require(std::isfinite(p.a_hi) && p.a_hi > 0, "moe.router.dirmoe.prior.a_hi",
+            "must be positive when the prior is given explicitly (a_hi, a_lo, lambda_p), got " +
+                str(p.a_hi));
+    require(std::isfinite(p.a_lo) && p.a_lo > 0, "moe.router.dirmoe.prior.a_lo",
+            "must be positive when the prior is given explicitly (a_hi, a_lo, lambda_p), got " +
+                str(p.a_lo));
+    require(std::isfinite(p.lambda_p) && p.lambda_p > 0, "moe.router.dirmoe.prior.lambda_p",
+            "must be positive when the prior is given explicitly (a_hi, a_lo, lambda_p), got " +
+                str(p.lambda_p));
+    return;
+  }
+  require(p.m > 0 && p.m < 1, "moe.router.dirmoe.prior.m",
+          "target active mass must lie in (0, 1), got " + str(p.m));
+  const double lo = prior_simpson_floor(E, cfg.k, p.m);
+  require(p.h > lo && p.h < 1, "moe.router.dirmoe.prior.h",
+          "target Simpson index must lie in (" + str(lo) + ", 1) for moe.num_experts = " +
+              str(E) + ", moe.router.k = " + str(cfg.k) + ", prior.m = " + str(p.m) + " (1/E = " +
+              str(1.0 / E) + " when m = k/E), got " + str(p.h));
+}
+
+void validate_probmoe(const RouterConfig& cfg, int E) {
+  const ProbMoEConfig& c = cfg.probmoe;
+  require(c.mode == "exact" || c.mode == "dynamic", "moe.router.probmoe.mode",
+          "unknown mode '" + c.mode + "' (available: exact, dynamic)");
+  if (c.mode != "dynamic") return;
+  require(c.k_min >= 1, "moe.router.probmoe.k_min", "must be >= 1, got " + str(c.k_min));
+  require(c.k_max <= E, "moe.router.probmoe.k_max",
+          "must lie in [1, moe.num_experts = " + str(E) + "], got " + str(c.k_max));
+  require(c.k_min <= c.k_max, "moe.router.probmoe.k_min",
+          "must not exceed moe.router.probmoe.k_max = " + str(c.k_max) + ", got " +
+              str(c.k_min));
+}
+
+}  // namespace
 
 void validate_router_config(const RouterConfig& cfg, int64_t hidden, int num_experts) {
-  DIRMOE_CHECK(cfg.type == "topk", "router.type: unknown router type '", cfg.type,
-               "' (supported: topk)");
-  DIRMOE_CHECK(num_experts >= 1, "router: num_experts must be >= 1, got ", num_experts);
-  DIRMOE_CHECK(hidden >= 1, "router: hidden size must be >= 1, got ", hidden);
-  DIRMOE_CHECK(cfg.k >= 1 && cfg.k <= num_experts,
-               "router.k must be in [1, num_experts=", num_experts, "], got ", cfg.k);
-  DIRMOE_CHECK(std::isfinite(cfg.aux_loss_coef) && cfg.aux_loss_coef >= 0,
-               "router.aux_loss_coef must be finite and >= 0, got ", cfg.aux_loss_coef);
-  DIRMOE_CHECK(std::isfinite(cfg.z_loss_coef) && cfg.z_loss_coef >= 0,
-               "router.z_loss_coef must be finite and >= 0, got ", cfg.z_loss_coef);
+  require(cfg.type == "topk" || cfg.type == "dirmoe" || cfg.type == "probmoe", "moe.router.type",
+          "unknown router type '" + cfg.type + "' (available: topk, dirmoe, probmoe)");
+  require(num_experts >= 1, "moe.num_experts", "must be >= 1, got " + str(num_experts));
+  require(hidden >= 1, "model.hidden", "must be >= 1, got " + str(hidden));
+  require(cfg.k >= 1 && cfg.k <= num_experts, "moe.router.k",
+          "must lie in [1, moe.num_experts = " + str(num_experts) + "], got " + str(cfg.k));
+  require(std::isfinite(cfg.aux_loss_coef) && cfg.aux_loss_coef >= 0, "moe.router.aux_loss_coef",
+          "must be finite and >= 0, got " + str(cfg.aux_loss_coef));
+  require(std::isfinite(cfg.z_loss_coef) && cfg.z_loss_coef >= 0, "moe.router.z_loss_coef",
+          "must be finite and >= 0, got " + str(cfg.z_loss_coef));
+  if (cfg.type == "dirmoe") validate_dirmoe(cfg, num_experts);
+  if (cfg.type == "probmoe") validate_probmoe(cfg, num_experts);
 }
 
 template <class T>
@@ -26,7 +100,11 @@ std::unique_ptr<Router<T>> make_router(const RouterConfig& cfg, int64_t hidden, 
                                        const std::string& prefix) {
   validate_router_config(cfg, hidden, num_experts);
   if (cfg.type == "topk") return std::make_unique<TopKRouter<T>>(cfg, hidden, num_experts, prefix);
-  DIRMOE_FAIL("router.type: unknown router type '", cfg.type, "'");
+  if (cfg.type == "dirmoe")
+    return std::make_unique<DirMoERouter<T>>(cfg, hidden, num_experts, prefix);
+  if (cfg.type == "probmoe")
+    return std::make_unique<ProbMoERouter<T>>(cfg, hidden, num_experts, prefix);
+  DIRMOE_FAIL("moe.router.type: unknown router type '", cfg.type, "'");
 }
 
 template std::unique_ptr<Router<float>> make_router<float>(const RouterConfig&, int64_t, int,

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "router/schedule.h"
 #include "runtime/core/tensor.h"
 
 namespace dirmoe {
@@ -34,14 +35,51 @@ struct RouterContext {
   bool training = true;
 };
 
-// Typed router configuration, validated by the config loader. Fields of routers other than topk
-// are added beside their implementation.
+// DirMoE (DESIGN.md section 4): Bernoulli gates z relaxed as sigmoid((l + g) / tau), Dirichlet
+// contributions theta ~ Dir(alpha_q), weights r = z theta / sum(z theta), trained with an ELBO.
+struct DirMoEPriorConfig {
+  // Calibrated prior: target expected active mass m and Simpson index h (with k active experts).
+  double m = 0.8;
+  double h = 0.75;
+  // Explicit prior: when any of the three is set (non-zero) all three must be positive, and m and
+  // h are ignored.
+  double a_hi = 0;
+  double a_lo = 0;
+  double lambda_p = 0;
+  bool is_explicit() const { return a_hi != 0 || a_lo != 0 || lambda_p != 0; }
+};
+
+struct DirMoEConfig {
+  Schedule tau = Schedule::exponential(1.0, 0.99, 0.1);  // gate temperature (tau_0, rho, tau_min)
+  double r_min = 0.05;        // dispatch experts with r >= r_min ...
+  int max_active = 4;         // ... at most this many per token (largest r first)
+  Schedule lambda_q = Schedule::constant(1.0);  // posterior concentration scale (its schedule)
+  double alpha_floor = 1e-2;  // positivity floor added to softplus for a_hi, a_lo
+  DirMoEPriorConfig prior;
+  Schedule beta = Schedule::constant(0.01);            // KL weight
+  Schedule recon_weight = Schedule::constant(0.1);     // reconstruction weight
+  Schedule lambda_sparsity = Schedule::constant(0.1);  // (sum z - k)^2 weight
+  std::string eval = "gate";                 // gate | soft | sample
+  std::string gamma_sampler = "marsaglia_tsang";  // marsaglia_tsang | inverse_cdf
+};
+
+// ProbMoE: k-subsets with P(S) ~ prod_S p_i prod_notS (1 - p_j), p = sigmoid(l).
+struct ProbMoEConfig {
+  std::string mode = "exact";  // exact (k = router.k) | dynamic (k in [k_min, k_max])
+  int k_min = 1;
+  int k_max = 2;
+};
+
+// Typed router configuration, validated by validate_router_config (the config loader calls it).
 struct RouterConfig {
-  std::string type = "topk";    // topk (dirmoe, probmoe later)
-  int k = 2;                    // experts per token
-  bool renormalize = false;     // topk: renormalise the k probabilities to sum 1
-  double aux_loss_coef = 1e-2;  // Switch load-balancing loss coefficient
-  double z_loss_coef = 0.0;     // router z-loss coefficient (0 = off)
+  std::string type = "topk";    // topk | dirmoe | probmoe
+  int k = 2;                    // topk/probmoe exact: experts per token; dirmoe: target k
+  bool renormalize = false;     // topk: renormalise the k probabilities to sum 1; dirmoe:
+                                // renormalise r over the dispatched experts
+  double aux_loss_coef = 1e-2;  // Switch load-balancing loss coefficient (every router)
+  double z_loss_coef = 0.0;     // router z-loss coefficient (0 = off; topk, probmoe)
+  DirMoEConfig dirmoe;
+  ProbMoEConfig probmoe;
 };
 
 struct RouterStats {
@@ -69,8 +107,9 @@ class Router {
   virtual const RouterStats& stats() const = 0;
 };
 
-// Throws a dirmoe::Error naming the offending field (router.type, router.k, router.aux_loss_coef,
-// router.z_loss_coef) when cfg does not fit a model with `num_experts` experts of width `hidden`.
+// Throws a dirmoe::Error naming the offending key (moe.router.type, moe.router.k,
+// moe.router.dirmoe.tau.floor, ...) when cfg does not fit a model with `num_experts` experts of
+// width `hidden`.
 void validate_router_config(const RouterConfig& cfg, int64_t hidden, int num_experts);
 
 // Validates cfg against the model (k in [1, E], coefficients >= 0, known type) and builds the

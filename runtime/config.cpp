@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "router/router.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {
@@ -19,8 +20,17 @@ namespace {
 using Setter = std::function<void(Config&, const YAML::Node&)>;
 
 const std::set<std::string>& sections() {
-  static const std::set<std::string> s = {"model", "moe",  "moe.router", "parallel", "experts",
-                                          "train", "data", "output"};
+  static const std::set<std::string> s = {"model",
+                                          "moe",
+                                          "moe.router",
+                                          "moe.router.dirmoe",
+                                          "moe.router.dirmoe.prior",
+                                          "moe.router.probmoe",
+                                          "parallel",
+                                          "experts",
+                                          "train",
+                                          "data",
+                                          "output"};
   return s;
 }
 
@@ -113,6 +123,31 @@ double parse_split(const YAML::Node& n) {
   return w[1] / total;
 }
 
+// A router schedule: a number (constant) or a mapping {type, start, end, steps, rate, floor};
+// fields not given keep their current value.
+void parse_schedule(const YAML::Node& n, Schedule& s) {
+  if (n.IsScalar()) {
+    s = Schedule::constant(as<double>(n, "a number or a schedule mapping"));
+    return;
+  }
+  if (!n.IsMap())
+    throw std::invalid_argument(
+        "expected a number or a schedule {type: constant|linear|cosine|exponential, start, end, "
+        "steps, rate, floor}");
+  for (const auto& kv : n) {
+    const std::string k = kv.first.Scalar();
+    if (k == "type") s.type = parse_schedule_type(as<std::string>(kv.second, "a schedule type"));
+    else if (k == "start") s.start = as<double>(kv.second, "a number for start");
+    else if (k == "end") s.end = as<double>(kv.second, "a number for end");
+    else if (k == "steps") s.steps = as<int64_t>(kv.second, "an integer for steps");
+    else if (k == "rate") s.rate = as<double>(kv.second, "a number for rate");
+    else if (k == "floor") s.floor = as<double>(kv.second, "a number for floor");
+    else
+      throw std::invalid_argument("unknown key '" + k +
+                                  "' in a schedule (type, start, end, steps, rate, floor)");
+  }
+}
+
 const std::map<std::string, Setter>& schema() {
 #define F(key, body) {key, [](Config& c, const YAML::Node& n) { body; }}
   static const std::map<std::string, Setter> s = {
@@ -139,6 +174,31 @@ const std::map<std::string, Setter>& schema() {
       F("moe.router.renormalize", c.moe.router.renormalize = parse_bool(n)),
       F("moe.router.aux_loss_coef", c.moe.router.aux_loss_coef = as<double>(n, "a number")),
       F("moe.router.z_loss_coef", c.moe.router.z_loss_coef = as<double>(n, "a number")),
+      F("moe.router.dirmoe.tau", parse_schedule(n, c.moe.router.dirmoe.tau)),
+      F("moe.router.dirmoe.r_min", c.moe.router.dirmoe.r_min = as<double>(n, "a number")),
+      F("moe.router.dirmoe.max_active",
+        c.moe.router.dirmoe.max_active = as<int>(n, "an integer")),
+      F("moe.router.dirmoe.lambda_q", parse_schedule(n, c.moe.router.dirmoe.lambda_q)),
+      F("moe.router.dirmoe.alpha_floor",
+        c.moe.router.dirmoe.alpha_floor = as<double>(n, "a number")),
+      F("moe.router.dirmoe.prior.m", c.moe.router.dirmoe.prior.m = as<double>(n, "a number")),
+      F("moe.router.dirmoe.prior.h", c.moe.router.dirmoe.prior.h = as<double>(n, "a number")),
+      F("moe.router.dirmoe.prior.a_hi",
+        c.moe.router.dirmoe.prior.a_hi = as<double>(n, "a number")),
+      F("moe.router.dirmoe.prior.a_lo",
+        c.moe.router.dirmoe.prior.a_lo = as<double>(n, "a number")),
+      F("moe.router.dirmoe.prior.lambda_p",
+        c.moe.router.dirmoe.prior.lambda_p = as<double>(n, "a number")),
+      F("moe.router.dirmoe.beta", parse_schedule(n, c.moe.router.dirmoe.beta)),
+      F("moe.router.dirmoe.recon_weight", parse_schedule(n, c.moe.router.dirmoe.recon_weight)),
+      F("moe.router.dirmoe.lambda_sparsity",
+        parse_schedule(n, c.moe.router.dirmoe.lambda_sparsity)),
+      F("moe.router.dirmoe.eval", c.moe.router.dirmoe.eval = as<std::string>(n, "gate|soft|sample")),
+      F("moe.router.dirmoe.gamma_sampler",
+        c.moe.router.dirmoe.gamma_sampler = as<std::string>(n, "marsaglia_tsang|inverse_cdf")),
+      F("moe.router.probmoe.mode", c.moe.router.probmoe.mode = as<std::string>(n, "exact|dynamic")),
+      F("moe.router.probmoe.k_min", c.moe.router.probmoe.k_min = as<int>(n, "an integer")),
+      F("moe.router.probmoe.k_max", c.moe.router.probmoe.k_max = as<int>(n, "an integer")),
       F("parallel.ep", c.parallel.ep = as<int>(n, "an integer")),
       F("experts.placement", c.parallel.placement = parse_placement(n)),
       F("train.micro_batch", c.train.micro_batch = as<int64_t>(n, "an integer")),
@@ -278,14 +338,7 @@ void validate(const Config& c) {
   check_range(e.num_experts >= 1, "moe.num_experts", "must be >= 1, got " + num(e.num_experts));
   check_range(e.capacity_factor >= 0, "moe.capacity_factor",
               "must be none or positive, got " + num(e.capacity_factor));
-  check_range(e.router.type == "topk", "moe.router.type",
-              "unknown router '" + e.router.type + "' (available: topk)");
-  check_range(e.router.k >= 1 && e.router.k <= e.num_experts, "moe.router.k",
-              "must lie in [1, moe.num_experts = " + num(e.num_experts) + "], got " + num(e.router.k));
-  check_range(e.router.aux_loss_coef >= 0, "moe.router.aux_loss_coef",
-              "must be >= 0, got " + num(e.router.aux_loss_coef));
-  check_range(e.router.z_loss_coef >= 0, "moe.router.z_loss_coef",
-              "must be >= 0, got " + num(e.router.z_loss_coef));
+  validate_router_config(e.router, m.hidden, e.num_experts);  // names the moe.router.* key
   const auto& p = c.parallel;
   check_range(p.ep >= 1, "parallel.ep", "must be >= 1, got " + num(p.ep));
   if (p.placement.empty()) {
@@ -398,6 +451,49 @@ std::string to_yaml(const Config& c) {
   y << YAML::Key << "renormalize" << YAML::Value << c.moe.router.renormalize;
   y << YAML::Key << "aux_loss_coef" << YAML::Value << c.moe.router.aux_loss_coef;
   y << YAML::Key << "z_loss_coef" << YAML::Value << c.moe.router.z_loss_coef;
+  auto schedule = [&y](const char* key, const Schedule& s) {
+    y << YAML::Key << key << YAML::Value;
+    if (s.type == ScheduleType::kConstant) {
+      y << s.start;
+      return;
+    }
+    y << YAML::Flow << YAML::BeginMap;
+    y << YAML::Key << "type" << YAML::Value << schedule_type_name(s.type);
+    y << YAML::Key << "start" << YAML::Value << s.start;
+    if (s.type == ScheduleType::kExponential) {
+      y << YAML::Key << "rate" << YAML::Value << s.rate;
+      y << YAML::Key << "floor" << YAML::Value << s.floor;
+    } else {
+      y << YAML::Key << "end" << YAML::Value << s.end;
+      y << YAML::Key << "steps" << YAML::Value << s.steps;
+    }
+    y << YAML::EndMap;
+  };
+  const DirMoEConfig& dm = c.moe.router.dirmoe;
+  y << YAML::Key << "dirmoe" << YAML::Value << YAML::BeginMap;
+  schedule("tau", dm.tau);
+  y << YAML::Key << "r_min" << YAML::Value << dm.r_min;
+  y << YAML::Key << "max_active" << YAML::Value << dm.max_active;
+  schedule("lambda_q", dm.lambda_q);
+  y << YAML::Key << "alpha_floor" << YAML::Value << dm.alpha_floor;
+  y << YAML::Key << "prior" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "m" << YAML::Value << dm.prior.m;
+  y << YAML::Key << "h" << YAML::Value << dm.prior.h;
+  y << YAML::Key << "a_hi" << YAML::Value << dm.prior.a_hi;
+  y << YAML::Key << "a_lo" << YAML::Value << dm.prior.a_lo;
+  y << YAML::Key << "lambda_p" << YAML::Value << dm.prior.lambda_p;
+  y << YAML::EndMap;
+  schedule("beta", dm.beta);
+  schedule("recon_weight", dm.recon_weight);
+  schedule("lambda_sparsity", dm.lambda_sparsity);
+  y << YAML::Key << "eval" << YAML::Value << dm.eval;
+  y << YAML::Key << "gamma_sampler" << YAML::Value << dm.gamma_sampler;
+  y << YAML::EndMap;
+  y << YAML::Key << "probmoe" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "mode" << YAML::Value << c.moe.router.probmoe.mode;
+  y << YAML::Key << "k_min" << YAML::Value << c.moe.router.probmoe.k_min;
+  y << YAML::Key << "k_max" << YAML::Value << c.moe.router.probmoe.k_max;
+  y << YAML::EndMap;
   y << YAML::EndMap << YAML::EndMap;
   y << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
   y << YAML::Key << "ep" << YAML::Value << c.parallel.ep << YAML::EndMap;

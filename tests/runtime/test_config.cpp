@@ -157,6 +157,114 @@ TEST(ConfigErrors, SetOnUnknownKeyAndMalformedYaml) {
   expect_error(kBase, {"data.paths=[0, a, 0, b]"}, {"data.paths", "all zero"});
 }
 
+// ---- routers (moe.router.*) -------------------------------------------------------------------
+
+const char* kDirMoE = R"(  router:
+    type: dirmoe
+    k: 1
+    dirmoe:
+      tau: {type: exponential, start: 2.0, rate: 0.995, floor: 0.05}
+      r_min: 0.02
+      max_active: 3
+      lambda_q: {type: linear, start: 4.0, end: 1.0, steps: 100}
+      alpha_floor: 0.001
+      prior: {m: 0.9, h: 0.9}
+      beta: 0.05
+      recon_weight: {type: cosine, start: 1.0, end: 0.1, steps: 50}
+      lambda_sparsity: 0.3
+      eval: soft
+      gamma_sampler: inverse_cdf
+)";
+
+// kBase with its router section replaced.
+std::string with_router(const char* router_yaml) {
+  std::string text = kBase;
+  const std::string old = "  router:\n    k: 2\n";
+  text.replace(text.find(old), old.size(), router_yaml);
+  return text;
+}
+
+TEST(ConfigRouters, ParsesDirMoEWithSchedules) {
+  Config c = parse_config(with_router(kDirMoE), {}, "test.yaml");
+  const DirMoEConfig& d = c.moe.router.dirmoe;
+  EXPECT_EQ(c.moe.router.type, "dirmoe");
+  EXPECT_EQ(c.moe.router.k, 1);
+  EXPECT_EQ(d.tau.type, ScheduleType::kExponential);
+  EXPECT_EQ(d.tau.start, 2.0);
+  EXPECT_EQ(d.tau.rate, 0.995);
+  EXPECT_EQ(d.tau.floor, 0.05);
+  EXPECT_EQ(d.r_min, 0.02);
+  EXPECT_EQ(d.max_active, 3);
+  EXPECT_EQ(d.lambda_q.type, ScheduleType::kLinear);
+  EXPECT_DOUBLE_EQ(d.lambda_q.at(50), 2.5);
+  EXPECT_EQ(d.prior.m, 0.9);
+  EXPECT_EQ(d.beta.type, ScheduleType::kConstant);
+  EXPECT_EQ(d.beta.at(7), 0.05);
+  EXPECT_EQ(d.recon_weight.type, ScheduleType::kCosine);
+  EXPECT_EQ(d.eval, "soft");
+  EXPECT_EQ(d.gamma_sampler, "inverse_cdf");
+  // Round trip through the resolved YAML.
+  Config again = parse_config(to_yaml(c), {}, "resolved.yaml");
+  EXPECT_EQ(to_yaml(c), to_yaml(again));
+  EXPECT_EQ(again.moe.router.dirmoe.lambda_q.steps, 100);
+}
+
+TEST(ConfigRouters, OverridesReachNestedRouterKeys) {
+  Config c = parse_config(kBase,
+                          {"moe.router.type=probmoe", "moe.router.probmoe.mode=dynamic",
+                           "moe.router.probmoe.k_min=1", "moe.router.probmoe.k_max=3"},
+                          "test.yaml");
+  EXPECT_EQ(c.moe.router.probmoe.mode, "dynamic");
+  EXPECT_EQ(c.moe.router.probmoe.k_max, 3);
+  Config d = parse_config(kBase,
+                          {"moe.router.type=dirmoe", "moe.router.k=1",
+                           "moe.router.dirmoe.tau={rate: 0.9, floor: 0.2}",
+                           "moe.router.dirmoe.lambda_sparsity=0", "moe.router.dirmoe.prior.h=0.8"},
+                          "test.yaml");
+  EXPECT_EQ(d.moe.router.dirmoe.tau.type, ScheduleType::kExponential);  // default kept
+  EXPECT_EQ(d.moe.router.dirmoe.tau.rate, 0.9);
+  EXPECT_EQ(d.moe.router.dirmoe.tau.floor, 0.2);
+  EXPECT_EQ(d.moe.router.dirmoe.lambda_sparsity.at(100), 0.0);
+  Config e = parse_config(with_router(kDirMoE), {"moe.router.type=topk"}, "test.yaml");
+  EXPECT_EQ(e.moe.router.type, "topk");  // dirmoe knobs may stay configured
+}
+
+TEST(ConfigRouters, BadRouterValuesNameTheKey) {
+  const std::string dm = with_router(kDirMoE);
+  expect_error(dm, {"moe.router.k=5"}, {"moe.router.k", "[1, moe.num_experts = 4]"});
+  expect_error(kBase, {"moe.router.type=probmoe", "moe.router.probmoe.mode=dynamic",
+                       "moe.router.probmoe.k_min=3", "moe.router.probmoe.k_max=2"},
+               {"moe.router.probmoe.k_min", "must not exceed moe.router.probmoe.k_max = 2"});
+  expect_error(kBase, {"moe.router.type=probmoe", "moe.router.probmoe.mode=dynamic",
+                       "moe.router.probmoe.k_max=5"},
+               {"moe.router.probmoe.k_max", "[1, moe.num_experts = 4]"});
+  expect_error(dm, {"moe.router.dirmoe.prior.m=1.2"}, {"moe.router.dirmoe.prior.m", "(0, 1)"});
+  expect_error(dm, {"moe.router.dirmoe.prior.m=0"}, {"moe.router.dirmoe.prior.m", "(0, 1)"});
+  expect_error(dm, {"moe.router.dirmoe.prior.m=0.25", "moe.router.k=1",
+                    "moe.router.dirmoe.prior.h=0.2"},
+               {"moe.router.dirmoe.prior.h", "(0.25, 1)", "1/E = 0.25"});
+  expect_error(dm, {"moe.router.dirmoe.prior.h=1"}, {"moe.router.dirmoe.prior.h"});
+  expect_error(dm, {"moe.router.dirmoe.beta=-0.1"}, {"moe.router.dirmoe.beta", ">= 0"});
+  expect_error(dm, {"moe.router.dirmoe.lambda_sparsity=-1"},
+               {"moe.router.dirmoe.lambda_sparsity", ">= 0"});
+  expect_error(dm, {"moe.router.dirmoe.recon_weight=-1"}, {"moe.router.dirmoe.recon_weight"});
+  expect_error(dm, {"moe.router.dirmoe.tau=-1"}, {"moe.router.dirmoe.tau", "> 0"});
+  expect_error(dm, {"moe.router.dirmoe.tau={type: exponential, start: 0.5, rate: 0.9, floor: 1}"},
+               {"moe.router.dirmoe.tau.floor", "must not exceed moe.router.dirmoe.tau.start"});
+  expect_error(dm, {"moe.router.dirmoe.max_active=0"}, {"moe.router.dirmoe.max_active", ">= 1"});
+  expect_error(dm, {"moe.router.dirmoe.alpha_floor=-1"}, {"moe.router.dirmoe.alpha_floor"});
+  expect_error(dm, {"moe.router.dirmoe.tau={start: 1, decay: 2}"},
+               {"moe.router.dirmoe.tau", "unknown key 'decay' in a schedule"});
+  expect_error(dm, {"moe.router.dirmoe.tau={type: step}"},
+               {"moe.router.dirmoe.tau", "unknown schedule type 'step'"});
+  expect_error(dm, {"moe.router.dirmoe.eval=argmax"}, {"moe.router.dirmoe.eval", "argmax"});
+  expect_error(dm, {"moe.router.probmoe.mode=sometimes", "moe.router.type=probmoe"},
+               {"moe.router.probmoe.mode"});
+  std::string typo = dm;
+  typo.replace(typo.find("r_min:"), 6, "rmin:");
+  expect_error(typo, {}, {"unknown key 'moe.router.dirmoe.rmin'", "test.yaml:"});
+}
+
 TEST(ConfigErrors, MissingFile) {
   try {
     load_config("/nonexistent/dir/x.yaml");

@@ -1,0 +1,185 @@
+// The GPU op set's host contract (DeepEP style): launchers take raw device pointers, sizes and a
+// stream, never allocate (scratch comes from the caller, sized by the *_scratch_* functions), and
+// check their launch. Semantics follow kernels/cpu/ops.h: row-major, activation grads overwritten
+// unless a flag says accumulate, parameter grads (always fp32) accumulated. T is float or bf16.
+// NOTE: plain C++ can include this header; the .cu files own every __global__ and <<<>>>.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace dirmoe::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// ---- embedding --------------------------------------------------------------------------------
+// out[N,d] = table[tokens[n], :]. A token outside [0, V) gives a zero row and, when d_first_bad is
+// not null, atomicMin(*d_first_bad, n) (the caller sets *d_first_bad = INT64_MAX beforehand).
+template <class T>
+void embedding_forward(T* out, const int32_t* tokens, const T* table, int64_t N, int64_t d,
+                       int64_t V, int64_t* d_first_bad, cudaStream_t stream);
+// dtable[V,d] += scatter of dout[N,d] by tokens (fp32 atomics: summation order is not fixed);
+// rows with a token outside [0, V) are skipped.
+template <class T>
+void embedding_backward(float* dtable, const int32_t* tokens, const T* dout, int64_t N, int64_t d,
+                        int64_t V, cudaStream_t stream);
+
+// ---- RMSNorm ----------------------------------------------------------------------------------
+// out[N,d] = x * rstd * w, rstd[N] = 1/sqrt(mean(x^2) + eps); w is the fp32 master weight.
+template <class T>
+void rmsnorm_forward(T* out, float* rstd, const T* x, const float* w, int64_t N, int64_t d,
+                     float eps, cudaStream_t stream);
+// dx[N,d] (overwrite, or += when accumulate_dx; may alias dout), dw[d] += (deterministic: fixed
+// row chunks write partial sums into scratch, reduced in a fixed order).
+size_t rmsnorm_backward_scratch_floats(int64_t N, int64_t d);
+template <class T>
+void rmsnorm_backward(T* dx, float* dw, const T* dout, const T* x, const float* w,
+                      const float* rstd, int64_t N, int64_t d, bool accumulate_dx, float* scratch,
+                      cudaStream_t stream);
+
+// ---- RoPE (Hugging Face rotate_half layout: pairs (i, i + hd/2)) ------------------------------
+// cos/sin[S, hd/2] with angle s * base^(-2i/hd), computed in double and rounded to float as the
+// CPU path does. Built once at init.
+void rope_table(float* cos_table, float* sin_table, int64_t S, int64_t hd, double base,
+                cudaStream_t stream);
+// x[B,S,H,hd] rotated in place; row_stride = elements between consecutive (b, s) rows (0: H*hd),
+// so q and k can be rotated inside a fused qkv buffer.
+template <class T>
+void rope_forward(T* x, const float* cos_table, const float* sin_table, int64_t B, int64_t S,
+                  int64_t H, int64_t hd, int64_t row_stride, cudaStream_t stream);
+// dx in place: the inverse rotation.
+template <class T>
+void rope_backward(T* dx, const float* cos_table, const float* sin_table, int64_t B, int64_t S,
+                   int64_t H, int64_t hd, int64_t row_stride, cudaStream_t stream);
+
+// ---- causal grouped-query attention (flash style: tiles in shared memory, online softmax) -----
+// q[B,S,Hq,hd], k/v[B,S,Hkv,hd], out[B,S,Hq,hd], lse[B,Hq,S] (natural log, fp32).
+// Supported head dims: 32, 64, 96, 128. Pointers 16-byte aligned.
+template <class T>
+void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, int64_t B, int64_t S,
+                       int64_t Hq, int64_t Hkv, int64_t hd, cudaStream_t stream);
+// dq, dk, dv overwritten; deterministic (no atomics: one pass per key tile for dk/dv, one per
+// query tile for dq). scratch: attention_backward_scratch_floats(B, S, Hq) floats.
+size_t attention_backward_scratch_floats(int64_t B, int64_t S, int64_t Hq);
+template <class T>
+void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v,
+                        const T* out, const float* lse, int64_t B, int64_t S, int64_t Hq,
+                        int64_t Hkv, int64_t hd, float* scratch, cudaStream_t stream);
+
+// ---- linear (cuBLAS, fp32 accumulation; fp32 inputs use plain fp32 math, no TF32) --------------
+// The caller owns the handle and binds it at init: cublasSetStream, then cublasSetWorkspace, so
+// that cuBLAS never allocates in a step. A launcher given another stream rebinds the handle, which
+// makes cuBLAS fall back to its own workspace pool (use one handle per stream).
+// y[N,out] = x[N,in] @ W[out,in]^T (y += ... when accumulate).
+template <class T>
+void linear_forward(cublasHandle_t handle, T* y, const T* x, const T* W, int64_t N, int64_t in,
+                    int64_t out, bool accumulate, cudaStream_t stream);
+// dx[N,in] = dy @ W (+= when accumulate_dx; skipped when dx is null); dW[out,in] += dy^T @ x in
+// fp32 (skipped when dW is null).
+template <class T>
+void linear_backward(cublasHandle_t handle, T* dx, float* dW, const T* dy, const T* x, const T* W,
+                     int64_t N, int64_t in, int64_t out, bool accumulate_dx, cudaStream_t stream);
+
+// ---- SwiGLU -----------------------------------------------------------------------------------
+// out[n] = silu(gate[n]) * up[n].
+template <class T>
+void swiglu_forward(T* out, const T* gate, const T* up, int64_t n, cudaStream_t stream);
+// dgate, dup overwritten (may alias gate, up).
+template <class T>
+void swiglu_backward(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int64_t n,
+                     cudaStream_t stream);
+
+// ---- cross-entropy over a padded vocabulary ---------------------------------------------------
+// logits[N,Vp], first V columns real; targets[N] in [0, V) or -1 (ignored: loss 0, zero grad row).
+// A target outside both gives loss 0, a zero grad row and atomicMin(*d_first_bad, n) when
+// d_first_bad is not null. losses[N], lse[N] in fp32.
+template <class T>
+void cross_entropy_forward(float* losses, float* lse, const T* logits, const int32_t* targets,
+                           int64_t N, int64_t V, int64_t Vp, int64_t* d_first_bad,
+                           cudaStream_t stream);
+// dlogits[N,Vp] = scale * (softmax(logits[:, :V]) - onehot(target)); padding columns get 0.
+// dlogits may alias logits.
+template <class T>
+void cross_entropy_backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets,
+                            float scale, int64_t N, int64_t V, int64_t Vp, cudaStream_t stream);
+// Both in one pass over the logits (the LM-head path): dlogits may alias logits.
+template <class T>
+void cross_entropy_fused(float* losses, float* lse, T* dlogits, const T* logits,
+                         const int32_t* targets, float scale, int64_t N, int64_t V, int64_t Vp,
+                         int64_t* d_first_bad, cudaStream_t stream);
+
+// ---- AdamW (PyTorch semantics, fp32 master weights and moments) --------------------------------
+struct AdamWParams {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+  int64_t step = 1;  // 1-based step number used for bias correction
+};
+// g = grad * (*d_grad_scale) (1 when null, e.g. the clip coefficient); then as cpu::adamw_update.
+// When param_bf16 is not null it receives the updated weights rounded to bf16 (the matmul copy).
+void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, float* v, int64_t n,
+                  const AdamWParams& p, const float* d_grad_scale, cudaStream_t stream);
+
+// ---- reductions and elementwise helpers -------------------------------------------------------
+// *d_out = (accumulate ? *d_out : 0) + sum x^2, accumulated in double, deterministic (fixed
+// partials in scratch, reduced in a fixed order). Call once per tensor with accumulate = true to
+// get the global gradient norm^2 without leaving the device.
+size_t sum_squares_scratch_doubles(int64_t n);
+template <class T>
+void sum_squares(double* d_out, const T* x, int64_t n, bool accumulate, double* scratch,
+                 cudaStream_t stream);
+// *d_scale = (max_norm > 0 && sqrt(*d_sumsq) > max_norm) ? max_norm / (sqrt(*d_sumsq) + 1e-6) : 1.
+void clip_coefficient(float* d_scale, const double* d_sumsq, double max_norm, cudaStream_t stream);
+// x *= s (host scalar), or x *= *d_s (device scalar, e.g. the clip coefficient).
+template <class T>
+void scale_inplace(T* x, int64_t n, float s, cudaStream_t stream);
+template <class T>
+void scale_inplace_device(T* x, int64_t n, const float* d_s, cudaStream_t stream);
+template <class T>
+void add_inplace(T* y, const T* x, int64_t n, cudaStream_t stream);  // y += x
+// out[n] = in[n] converted (float <-> bf16, round to nearest even).
+template <class Src, class Dst>
+void convert(Dst* out, const Src* in, int64_t n, cudaStream_t stream);
+
+// ---- MoE permutation (the GPU side of experts/dispatcher) --------------------------------------
+// Groups g = dst_rank * max_local + local_index(expert) (the Dispatcher's count layout).
+// owner[E], local_index[E]: the placement on device.
+// moe_plan: experts[nnz] (the routing's CSR experts, token order) ->
+//   counts[ep * max_local]  rows kept per (dst rank, local expert)
+//   slot[nnz]               row of each assignment in the send buffer, -1 when dropped; the send
+//                           buffer is grouped by (dst rank, local expert), token order within one
+// capacity < 0 keeps everything, else the first `capacity` assignments of each expert. An expert id
+// outside [0, E) is dropped and reported through d_first_bad (atomicMin of the assignment index).
+size_t moe_plan_scratch_bytes(int64_t nnz, int ep, int max_local);
+void moe_plan(int64_t* counts, int64_t* slot, const int32_t* experts, int64_t nnz,
+              const int32_t* owner, const int32_t* local_index, int num_experts, int ep,
+              int max_local, int64_t capacity, int64_t* d_first_bad, void* scratch,
+              size_t scratch_bytes, cudaStream_t stream);
+// send[slot[a], :] = x[token(a), :] for every kept assignment a (offsets[N+1] is the CSR).
+template <class T>
+void moe_permute(T* send, const T* x, const int64_t* offsets, const int64_t* slot, int64_t N,
+                 int64_t width, cudaStream_t stream);
+// dx[t] = (accumulate ? dx[t] : 0) + sum over kept assignments a of t of d_send[slot[a]].
+template <class T>
+void moe_permute_backward(T* dx, const T* d_send, const int64_t* offsets, const int64_t* slot,
+                          int64_t N, int64_t width, bool accumulate, cudaStream_t stream);
+// y[t] = (accumulate ? y[t] : 0) + sum_a weights[a] * back[slot[a]] (fp32, assignment order).
+template <class T>
+void moe_unpermute_combine(T* y, const T* back, const float* weights, const int64_t* offsets,
+                           const int64_t* slot, int64_t N, int64_t width, bool accumulate,
+                           cudaStream_t stream);
+// d_back[slot[a]] = weights[a] * dy[t]; d_weights[a] = <dy[t], back[slot[a]]> (0 when dropped).
+template <class T>
+void moe_combine_backward(T* d_back, float* d_weights, const T* dy, const T* back,
+                          const float* weights, const int64_t* offsets, const int64_t* slot,
+                          int64_t N, int64_t width, cudaStream_t stream);
+// Received rows between the wire layout (grouped by (src rank, local expert)) and the expert
+// layout (grouped by (local expert, src rank)), as Dispatcher::regroup; recv_counts[ep * max_local]
+// on device. wire_to_expert = false goes back.
+template <class T>
+void moe_regroup(T* out, const T* in, const int64_t* recv_counts, int ep, int max_local,
+                 int num_local, int64_t width, bool wire_to_expert, cudaStream_t stream);
+
+}  // namespace dirmoe::cuda

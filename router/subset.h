@@ -1,0 +1,64 @@
+// The conditional-Bernoulli (k-subset) distribution behind ProbMoE: with p_i = sigmoid(l_i),
+// P(S) ~ prod_{i in S} p_i prod_{j not in S} (1 - p_j) over subsets of size k, i.e. proportional to
+// prod_{i in S} exp(l_i) / e_k(exp(l)). A log-space dynamic program over the elementary symmetric
+// polynomials e_j gives the normaliser, the inclusion marginals (its gradient), their Hessian-vector
+// product, exact subset sampling (backward pass over the table) and Dynamic-k's P(k) ~ Z_k, all in
+// O(E k) per token.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace dirmoe {
+
+class SubsetDP {
+ public:
+  SubsetDP(int num_experts, int k_max);
+
+  // Builds the table for logits l[E] and returns log Z = log sum_{k in [k_min, k_max]} e_k(exp l)
+  // (Z_k and e_k differ by prod_j (1 - p_j), common to every k).
+  double build(const double* l, int k_min, int k_max);
+  // log e_k(exp l) of the last build, k in [0, k_max].
+  double log_esp(int k) const { return table_[E_ * (K_ + 1) + k]; }
+  // P(|S| = k) of the last build: e_k / sum over [k_min, k_max]; 0 outside.
+  double size_prob(int k) const;
+  // mu[E] = dlogZ/dl: P(i in S). With v, also hv[E] = (dmu/dl) v (the Hessian of log Z is
+  // symmetric, so this is also v^T dmu/dl), by forward-mode differentiation of the adjoint pass.
+  void marginals(double* mu, const double* v = nullptr, double* hv = nullptr);
+  // Subset size from a uniform u in (0, 1) by inversion of size_prob.
+  int sample_size(double u) const;
+  // Exact draw of a k-subset (k in [0, k_max]) by the backward pass over the table: expert i is
+  // taken with probability exp(L[i][j-1] + l_i - L[i+1][j]) given j still to take.
+  // uniform(i) in (0, 1) is the draw for expert i. Writes the experts in decreasing index order.
+  template <class Uniform>
+  int sample(int k, Uniform&& uniform, int32_t* out) const {
+    int j = k, n = 0;
+    for (int i = E_; i >= 1 && j > 0; --i) {
+      const double take = std::exp(at(i - 1, j - 1) + l_[i - 1] - at(i, j));
+      if (j == i || uniform(i - 1) < take) {
+        out[n++] = i - 1;
+        --j;
+      }
+    }
+    return n;
+  }
+
+  int num_experts() const { return E_; }
+  int k_max() const { return K_; }
+
+ private:
+  double at(int i, int j) const { return table_[i * (K_ + 1) + j]; }
+  double& at(int i, int j) { return table_[i * (K_ + 1) + j]; }
+
+  int E_, K_;
+  int k_min_ = 0, k_hi_ = 0;  // range of the last build
+  double log_z_ = 0;
+  std::vector<double> l_;       // [E]
+  std::vector<double> table_;   // [E+1, K+1]: L[i][j] = log e_j(exp(l_0 .. l_{i-1}))
+  std::vector<double> dtable_;  // [E+1, K+1] tangent of L along v
+  std::vector<double> adj_;     // [E+1, K+1] adjoint dlogZ/dL
+  std::vector<double> dadj_;    // [E+1, K+1] tangent of the adjoint
+};
+
+}  // namespace dirmoe

@@ -1,0 +1,180 @@
+// End-to-end tests of the dirmoe and probmoe routers through the `dirmoe` executable under
+// mpiexec: EP=N on N ranks equals one rank with N-fold gradient accumulation step for step (router
+// noise is keyed by global token), and the per-layer router figures reach metrics.jsonl.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+struct Proc {
+  int code = -1;
+  std::string output;
+};
+
+// Runs a shell command with a hard time limit; stdout+stderr captured.
+Proc sh(const std::string& cmd, int timeout_s = 300) {
+  fs::path log =
+      fs::temp_directory_path() / ("dirmoe_e2e_routers_" + std::to_string(::getpid()) + ".log");
+  std::string full = "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " +
+                     log.string() + " 2>&1";
+  int rc = std::system(full.c_str());
+  Proc r;
+  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+  std::ifstream in(log);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  r.output = ss.str();
+  fs::remove(log);
+  return r;
+}
+
+std::string src() { return env("DIRMOE_SOURCE_DIR"); }
+std::string bin() { return env("DIRMOE_BIN"); }
+std::string corpus() { return src() + "/data/brown/brown_gpt2"; }
+std::string mpiexec(int np) {
+  return env("DIRMOE_MPIEXEC") + " -n " + std::to_string(np) + " --oversubscribe ";
+}
+fs::path work_dir(const std::string& name) {
+  fs::path p = fs::current_path() / "e2e_router_runs" / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+void require_corpus() {
+  ASSERT_TRUE(fs::exists(corpus() + ".idx"))
+      << "bundled corpus missing at " << corpus()
+      << ".idx: run `bash launch/data/build_default_corpus.sh` (the README's setup does)";
+}
+
+std::vector<nlohmann::json> records(const fs::path& run_dir) {
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::vector<nlohmann::json> out;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+std::vector<double> step_losses(const fs::path& run_dir) {
+  std::vector<double> out;
+  for (const auto& r : records(run_dir))
+    if (r.contains("loss")) out.push_back(r["loss"].get<double>());
+  return out;
+}
+
+// Small but real: the tiny preset shortened for tests.
+std::string small_job(int steps) {
+  return " train --config " + src() + "/configs/tiny.yaml --set data.paths=[" + corpus() +
+         "] --set model.seq_len=32 --set train.micro_batch=2 --set train.steps=" +
+         std::to_string(steps) + " --set train.eval_interval=0 --set train.eval_batches=1" +
+         " --set train.log_interval=5";
+}
+
+// np ranks with EP = np against one rank accumulating np micro-batches; `router` (the --set
+// arguments selecting the router) applies to both runs.
+void expect_same_losses(int np, const std::string& name, const std::string& router) {
+  require_corpus();
+  fs::path a = work_dir(name + "_ep" + std::to_string(np));
+  fs::path b = work_dir(name + "_accum" + std::to_string(np));
+  Proc ra = sh(mpiexec(np) + bin() + small_job(20) + router +
+               " --set parallel.ep=" + std::to_string(np) + " --run-dir " + a.string());
+  ASSERT_EQ(ra.code, 0) << ra.output;
+  Proc rb = sh(mpiexec(1) + bin() + small_job(20) + router +
+               " --set parallel.ep=1 --set train.grad_accum=" + std::to_string(np) +
+               " --run-dir " + b.string());
+  ASSERT_EQ(rb.code, 0) << rb.output;
+  auto la = step_losses(a), lb = step_losses(b);
+  ASSERT_EQ(la.size(), 20u);
+  ASSERT_EQ(lb.size(), 20u);
+  double worst = 0;
+  for (size_t i = 0; i < la.size(); ++i) {
+    double rel = std::abs(la[i] - lb[i]) / std::abs(lb[i]);
+    worst = std::max(worst, rel);
+    EXPECT_LE(rel, 1e-5) << name << " step " << i + 1 << ": ep=" << np << " " << la[i]
+                         << " vs accum " << lb[i];
+  }
+  auto ra_rec = records(a), rb_rec = records(b);
+  const double act_a = ra_rec.back()["active_experts"].get<double>();
+  const double act_b = rb_rec.back()["active_experts"].get<double>();
+  EXPECT_NEAR(act_a, act_b, 1e-9) << "the routing itself must agree";
+  std::printf("%s: EP=%d on %d ranks vs 1 rank x %d accumulation: 20 steps, loss %.6f -> %.6f, "
+              "worst relative difference %.3g, active experts %.4f vs %.4f\n",
+              name.c_str(), np, np, np, lb.front(), lb.back(), worst, act_a, act_b);
+  EXPECT_LT(lb.back(), lb.front());  // it trains
+}
+
+const char* kDirMoE = " --set moe.router.type=dirmoe --set moe.router.k=1";
+const char* kProbExact = " --set moe.router.type=probmoe --set moe.router.k=2";
+const char* kProbDynamic =
+    " --set moe.router.type=probmoe --set moe.router.probmoe.mode=dynamic"
+    " --set moe.router.probmoe.k_min=1 --set moe.router.probmoe.k_max=3";
+
+TEST(RouterEquivalence, DirMoEEp2EqualsOneRankWithAccumulation) {
+  expect_same_losses(2, "dirmoe", kDirMoE);
+}
+TEST(RouterEquivalence, DirMoEEp4EqualsOneRankWithAccumulation) {
+  expect_same_losses(4, "dirmoe", kDirMoE);
+}
+TEST(RouterEquivalence, ProbMoEExactEp2EqualsOneRankWithAccumulation) {
+  expect_same_losses(2, "probmoe_exact", kProbExact);
+}
+TEST(RouterEquivalence, ProbMoEExactEp4EqualsOneRankWithAccumulation) {
+  expect_same_losses(4, "probmoe_exact", kProbExact);
+}
+TEST(RouterEquivalence, ProbMoEDynamicEp2EqualsOneRankWithAccumulation) {
+  expect_same_losses(2, "probmoe_dynamic", kProbDynamic);
+}
+
+TEST(RouterMetrics, DirMoEFiguresPerLayerInMetrics) {
+  require_corpus();
+  fs::path dir = work_dir("dirmoe_metrics");
+  Proc r = sh(mpiexec(2) + bin() + small_job(3) + kDirMoE + " --run-dir " + dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("active"), std::string::npos);
+  auto recs = records(dir);
+  ASSERT_GE(recs.size(), 4u);
+  const auto& last = recs.back();
+  ASSERT_EQ(last["layers"].size(), 4u);
+  for (const auto& layer : last["layers"]) {
+    for (const char* k : {"tokens_per_expert", "load_max_over_mean", "active_experts", "target_k",
+                          "undispatched_mass", "kl", "recon", "sparsity", "sum_gates", "tau",
+                          "lambda_q", "gate_entropy", "near_binary", "dead_experts"})
+      EXPECT_TRUE(layer.contains(k)) << k;
+    EXPECT_EQ(layer["target_k"].get<double>(), 1.0);
+    EXPECT_GE(layer["active_experts"].get<double>(), 1.0);
+  }
+  std::ifstream resolved(dir / "config.resolved.yaml");
+  std::stringstream ss;
+  ss << resolved.rdbuf();
+  EXPECT_NE(ss.str().find("dirmoe:"), std::string::npos);
+  EXPECT_NE(ss.str().find("lambda_sparsity"), std::string::npos);
+}
+
+TEST(RouterBadInput, BadRouterConfigEndsEveryRank) {
+  Proc r = sh(mpiexec(2) + bin() + small_job(2) + kDirMoE +
+                  " --set moe.router.dirmoe.prior.m=1.5 --run-dir " +
+                  work_dir("bad_router").string(),
+              60);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.code, 137) << "killed by the time limit (a hang): " << r.output;
+  EXPECT_NE(r.output.find("moe.router.dirmoe.prior.m"), std::string::npos) << r.output;
+}
+
+}  // namespace
