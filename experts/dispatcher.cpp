@@ -7,15 +7,6 @@
 #include "runtime/core/error.h"
 
 namespace dirmoe {
-namespace {
-
-template <class T>
-void grow(Buffer<T>& buf, int64_t n) {
-  if (buf.size() < n) buf.resize(n);
-}
-
-}  // namespace
-
 template <class T>
 Dispatcher<T>::Dispatcher(const Placement& placement, Communicator* comm)
     : placement_(placement), comm_(comm) {
@@ -130,8 +121,8 @@ void Dispatcher<T>::dispatch(const T* rows, const int64_t* row_index, int64_t wi
   DIRMOE_CHECK(planned_, "dispatcher: dispatch before plan");
   DIRMOE_CHECK(width >= 1, "dispatcher: row width must be >= 1, got ", width);
   const int64_t num_send = nnz_ - num_dropped_;
-  grow(send_buf_, num_send * width);
-  grow(wire_buf_, num_received_ * width);
+  send_buf_.grow(num_send * width);
+  wire_buf_.grow(num_received_ * width);
   T* send = send_buf_.data();
   for (int64_t a = 0; a < nnz_; ++a) {
     if (slot_[a] < 0) continue;
@@ -152,8 +143,8 @@ void Dispatcher<T>::combine(const T* in, int64_t width, T* out) {
   DIRMOE_CHECK(planned_, "dispatcher: combine before plan");
   DIRMOE_CHECK(width >= 1, "dispatcher: row width must be >= 1, got ", width);
   const int64_t num_send = nnz_ - num_dropped_;
-  grow(send_buf_, num_send * width);
-  grow(wire_buf_, num_received_ * width);
+  send_buf_.grow(num_send * width);
+  wire_buf_.grow(num_received_ * width);
   regroup(in, wire_buf_.data(), width, /*wire_to_expert=*/false);
   for (int r = 0; r < ep_; ++r) {
     send_elems_[r] = send_rows_[r] * width;

@@ -13,11 +13,6 @@
 namespace dirmoe {
 namespace {
 
-template <class T>
-void grow(Buffer<T>& buf, int64_t n) {
-  if (buf.size() < n) buf.resize(n);
-}
-
 const Placement& checked_placement(const MoEConfig& cfg, const Placement& placement,
                                    Communicator* comm) {
   DIRMOE_CHECK(comm != nullptr, "moe: null EP communicator");
@@ -117,12 +112,12 @@ void MoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& ctx)
   for (int64_t a = 0; a < nnz; ++a) ++m.stats.tokens_per_expert[r.experts[a]];
 
   const int64_t R = m.dispatcher.num_received();
-  grow(m.xe, R * d);
-  grow(m.h1, R * f);
-  grow(m.h3, R * f);
-  grow(m.act, R * f);
-  grow(m.oe, R * d);
-  grow(m.out, nnz * d);
+  m.xe.grow(R * d);
+  m.h1.grow(R * f);
+  m.h3.grow(R * f);
+  m.act.grow(R * f);
+  m.oe.grow(R * d);
+  m.out.grow(nnz * d);
   m.dispatcher.dispatch(x, m.token_of.data(), d, m.xe.data());
   for (int le = 0; le < m.dispatcher.num_local_experts(); ++le) {
     const int64_t n = m.dispatcher.expert_rows(le), off = m.dispatcher.expert_offset(le);
@@ -162,12 +157,12 @@ void MoELayer<T>::backward(const T* dy, double loss_scale, T* dx) {
   const Routing<T>& r = m.routing;
   const int64_t nnz = r.nnz();
   const int64_t R = m.dispatcher.num_received();
-  grow(m.dw, nnz);
-  grow(m.rows, nnz * d);
-  grow(m.dact, R * f);
-  grow(m.dh1, R * f);
-  grow(m.dh3, R * f);
-  grow(m.dxe, R * d);
+  m.dw.grow(nnz);
+  m.rows.grow(nnz * d);
+  m.dact.grow(R * f);
+  m.dh1.grow(R * f);
+  m.dh3.grow(R * f);
+  m.dxe.grow(R * d);
 
   for (int64_t a = 0; a < nnz; ++a) {
     const T* g = dy + m.token_of[a] * d;

@@ -10,15 +10,6 @@
 #include "runtime/core/error.h"
 
 namespace dirmoe {
-namespace {
-
-template <class T>
-void grow(Buffer<T>& buf, int64_t n) {
-  if (buf.size() < n) buf.resize(n);
-}
-
-}  // namespace
-
 template <class T>
 TopKRouter<T>::TopKRouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
                           const std::string& prefix)
@@ -40,9 +31,9 @@ void TopKRouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Rou
   const int k = cfg_.k;
   N_ = N;
   has_forward_ = true;
-  grow(h_, N * d_);
-  grow(logits_, N * E_);
-  grow(probs_, N * E_);
+  h_.grow(N * d_);
+  logits_.grow(N * E_);
+  probs_.grow(N * E_);
   std::copy(h, h + N * d_, h_.data());
   if (N > 0) cpu::linear_forward(logits_.data(), h, weight_.value.data(), N, d_, E_);
 
@@ -118,7 +109,7 @@ void TopKRouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
   if (N == 0) return;
   DIRMOE_CHECK(dweights != nullptr && dh != nullptr, "router ", weight_.name,
                ": null dweights or dh");
-  grow(dlogits_, N * E_);
+  dlogits_.grow(N * E_);
   // d(aux)/dp_ti = coef * E * f_i / N; d(z)/dl_ti = coef_z * 2 * lse_t * p_ti / N.
   const double aux_scale = loss_scale * cfg_.aux_loss_coef * E_ / static_cast<double>(N);
   const double z_scale = loss_scale * cfg_.z_loss_coef * 2.0 / static_cast<double>(N);

@@ -49,6 +49,10 @@ class Buffer {
     ptr_.reset(p);
     size_ = n;
   }
+  // Scratch that only grows: reallocates (contents not kept) when n exceeds the size.
+  void grow(int64_t n) {
+    if (n > size_) resize(n);
+  }
   void zero() {
     for (int64_t i = 0; i < size_; ++i) ptr_.get()[i] = T{};
   }
