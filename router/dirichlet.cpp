@@ -14,7 +14,8 @@ double dirichlet_kl(const double* aq, const double* ap, int E) {
 
 // KL = lgamma(A) - sum lgamma(aq) - lgamma(B) + sum lgamma(ap) + sum (aq - ap)(psi(aq) - psi(A)),
 // A = sum aq, B = sum ap.
-// dKL/daq_i = (aq_i - ap_i) psi'(aq_i) - (A - B) psi'(A);  dKL/dap_i = psi(ap_i) - psi(B) - psi(aq_i)
+// dKL/daq_i = (aq_i - ap_i) psi'(aq_i) - (A - B) psi'(A);  dKL/dap_i = psi(ap_i) - psi(B) -
+// psi(aq_i)
 // + psi(A).
 double dirichlet_kl_grad(const double* aq, const double* ap, int E, double* daq, double* dap) {
   double A = 0, B = 0;
@@ -60,7 +61,8 @@ double prior_simpson_floor(int E, int k, double m) {
   return a2 / (a0 * a0);
 }
 
-// E[Simpson] = (lambda a2 + a0) / (a0 (lambda a0 + 1)) = h  <=>  lambda = a0 (1 - h) / (h a0^2 - a2).
+// E[Simpson] = (lambda a2 + a0) / (a0 (lambda a0 + 1)) = h  <=>  lambda = a0 (1 - h) / (h a0^2 -
+// a2).
 DirichletPrior calibrate_dirichlet_prior(int E, int k, double m, double h) {
   DIRMOE_CHECK(E >= 1 && k >= 1 && k <= E, "prior calibration: need 1 <= k <= E, got k = ", k,
                ", E = ", E);
@@ -69,8 +71,8 @@ DirichletPrior calibrate_dirichlet_prior(int E, int k, double m, double h) {
   double a0, a2;
   prior_moments(p, E, k, &a0, &a2);
   const double denom = h * a0 * a0 - a2;
-  DIRMOE_CHECK(h < 1 && denom > 0, "prior calibration: Simpson index h = ", h,
-               " must lie in (", a2 / (a0 * a0), ", 1) for E = ", E, ", k = ", k, ", m = ", m);
+  DIRMOE_CHECK(h < 1 && denom > 0, "prior calibration: Simpson index h = ", h, " must lie in (",
+               a2 / (a0 * a0), ", 1) for E = ", E, ", k = ", k, ", m = ", m);
   p.lambda = a0 * (1 - h) / denom;
   return p;
 }

@@ -14,11 +14,6 @@
 namespace dirmoe {
 namespace {
 
-template <class T>
-void grow(Buffer<T>& buf, int64_t n) {
-  if (buf.size() < n) buf.resize(n);
-}
-
 template <class V>
 void grow(std::vector<V>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
@@ -70,9 +65,9 @@ DirMoERouter<T>::DirMoERouter(const RouterConfig& cfg, int64_t hidden, int num_e
 }
 
 // NOTE: experts of a token are dispatched largest r first (ties: lower index), while r >= r_min,
-// r > 0 and fewer than max_active are taken; the largest is always taken. Weights are r (or r renormalised
-// over the dispatched set when router.renormalize); 1 - sum of dispatched r is the undispatched
-// mass.
+// r > 0 and fewer than max_active are taken; the largest is always taken. Weights are r (or r
+// renormalised over the dispatched set when router.renormalize); 1 - sum of dispatched r is the
+// undispatched mass.
 template <class T>
 void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Routing<T>& out) {
   DIRMOE_CHECK(N >= 0, "router ", weight_.name, ": negative token count ", N);
@@ -94,10 +89,10 @@ void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, R
   has_forward_ = true;
   differentiable_ = noisy;
 
-  grow(h_, N * d);
-  grow(u_, N * 3 * E);
-  grow(r_t_, N * E);
-  grow(err_, N * d);
+  h_.grow(N * d);
+  u_.grow(N * 3 * E);
+  r_t_.grow(N * E);
+  err_.grow(N * d);
   for (auto* v : {&z_, &a_hi_, &a_lo_, &alpha_, &dlogg_, &g_s_, &r_, &dkl_q_, &dkl_p_, &soft_})
     grow(*v, N * E);
   grow(sum_z_, N);
@@ -219,8 +214,7 @@ void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, R
     // KL and sparsity terms.
     for (int i = 0; i < E; ++i)
       ap_[i] = prior_.lambda * (z[i] * prior_.a_hi + (1 - z[i]) * prior_.a_lo);
-    kl_sum +=
-        dirichlet_kl_grad(alpha, ap_.data(), E, dkl_q_.data() + t * E, dkl_p_.data() + t * E);
+    kl_sum += dirichlet_kl_grad(alpha, ap_.data(), E, dkl_q_.data() + t * E, dkl_p_.data() + t * E);
     sp_sum += (s - cfg_.k) * (s - cfg_.k);
     sum_gates += s;
     for (int i = 0; i < E; ++i) {
@@ -294,8 +288,8 @@ void DirMoERouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
   const int E = E_;
   const int64_t d = d_;
   const double inv_n = 1.0 / static_cast<double>(N);
-  grow(du_, N * 3 * E);
-  grow(dr_t_, N * E);
+  du_.grow(N * 3 * E);
+  dr_t_.grow(N * E);
 
   // Reconstruction: d/d(err) of recon_w * mean_t |err_t|^2 / d.
   const double rs = loss_scale * recon_w_ * 2.0 * inv_n / static_cast<double>(d);
@@ -347,9 +341,10 @@ void DirMoERouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
                         ks * dkl_p_[ti] * dprior + sp;
       du[i] = static_cast<T>(dz * z[i] * (1 - z[i]) / tau_ +
                              aux_scale * soft[i] * (fraction_[i] - aux_dot));
-      du[E + i] = static_cast<T>(dalpha * lambda_q_ * z[i] * sigmoid(static_cast<double>(u[E + i])));
-      du[2 * E + i] =
-          static_cast<T>(dalpha * lambda_q_ * (1 - z[i]) * sigmoid(static_cast<double>(u[2 * E + i])));
+      du[E + i] =
+          static_cast<T>(dalpha * lambda_q_ * z[i] * sigmoid(static_cast<double>(u[E + i])));
+      du[2 * E + i] = static_cast<T>(dalpha * lambda_q_ * (1 - z[i]) *
+                                     sigmoid(static_cast<double>(u[2 * E + i])));
     }
   }
   cpu::linear_backward(dh, weight_.grad.data(), du_.data(), h_.data(), weight_.value.data(), N, d,

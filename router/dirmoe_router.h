@@ -19,8 +19,7 @@ namespace dirmoe {
 template <class T>
 class DirMoERouter final : public Router<T> {
  public:
-  DirMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
-               const std::string& prefix);
+  DirMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts, const std::string& prefix);
 
   std::string type() const override { return "dirmoe"; }
   // Training (and eval: sample) draws gate and Gamma noise keyed by (seed, step, layer, global
@@ -28,9 +27,7 @@ class DirMoERouter final : public Router<T> {
   void forward(const T* h, int64_t N, const RouterContext& ctx, Routing<T>& out) override;
   double loss() const override { return loss_; }
   void backward(const T* dweights, double loss_scale, T* dh) override;
-  std::vector<Parameter<T>*> parameters() override {
-    return {&weight_, &decoder_, &decoder_bias_};
-  }
+  std::vector<Parameter<T>*> parameters() override { return {&weight_, &decoder_, &decoder_bias_}; }
   const RouterStats& stats() const override { return stats_; }
 
   Parameter<T>& weight() { return weight_; }
@@ -60,24 +57,24 @@ class DirMoERouter final : public Router<T> {
   bool has_forward_ = false;
   bool differentiable_ = false;  // false after an evaluation forward with deterministic gates
   double tau_ = 1, lambda_q_ = 1, beta_ = 0, recon_w_ = 0, lambda_s_ = 0;
-  Buffer<T> h_;        // [N,d] copy of the input
-  Buffer<T> u_;        // [N,3E] head outputs
-  Buffer<T> du_;       // [N,3E] backward scratch
-  Buffer<T> r_t_;      // [N,E] r in T for the decoder GEMM
-  Buffer<T> dr_t_;     // [N,E] backward: dL/dr from the reconstruction
-  Buffer<T> err_;      // [N,d] decoder output - h; backward: scaled error
-  std::vector<double> z_;      // [N,E] gates
-  std::vector<double> a_hi_;   // [N,E]
-  std::vector<double> a_lo_;   // [N,E]
-  std::vector<double> alpha_;  // [N,E] alpha_q
-  std::vector<double> dlogg_;  // [N,E] d(log G)/d(alpha_q)
-  std::vector<double> g_s_;    // [N,E] G / sum_j z_j G_j  (= r / z)
-  std::vector<double> r_;      // [N,E]
-  std::vector<double> dkl_q_;  // [N,E] dKL/dalpha_q
-  std::vector<double> dkl_p_;  // [N,E] dKL/dalpha_p
-  std::vector<double> soft_;   // [N,E] softmax of the gate logits (load balancing)
-  std::vector<double> sum_z_;  // [N]
-  std::vector<double> kept_;   // [N] dispatched mass sum_D r
+  Buffer<T> h_;                   // [N,d] copy of the input
+  Buffer<T> u_;                   // [N,3E] head outputs
+  Buffer<T> du_;                  // [N,3E] backward scratch
+  Buffer<T> r_t_;                 // [N,E] r in T for the decoder GEMM
+  Buffer<T> dr_t_;                // [N,E] backward: dL/dr from the reconstruction
+  Buffer<T> err_;                 // [N,d] decoder output - h; backward: scaled error
+  std::vector<double> z_;         // [N,E] gates
+  std::vector<double> a_hi_;      // [N,E]
+  std::vector<double> a_lo_;      // [N,E]
+  std::vector<double> alpha_;     // [N,E] alpha_q
+  std::vector<double> dlogg_;     // [N,E] d(log G)/d(alpha_q)
+  std::vector<double> g_s_;       // [N,E] G / sum_j z_j G_j  (= r / z)
+  std::vector<double> r_;         // [N,E]
+  std::vector<double> dkl_q_;     // [N,E] dKL/dalpha_q
+  std::vector<double> dkl_p_;     // [N,E] dKL/dalpha_p
+  std::vector<double> soft_;      // [N,E] softmax of the gate logits (load balancing)
+  std::vector<double> sum_z_;     // [N]
+  std::vector<double> kept_;      // [N] dispatched mass sum_D r
   std::vector<int64_t> offsets_;  // [N+1] copy of the routing CSR
   std::vector<int32_t> experts_;  // [nnz]
   std::vector<int32_t> order_;    // [E] scratch

@@ -68,10 +68,10 @@ double log_prefactor(double a, double log_x) {
 
 // Inverse standard normal CDF (Acklam's rational approximation, |rel err| < 1.2e-9): a start value.
 double normal_quantile(double p) {
-  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
                              1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
   static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-                             6.680131188771972e+01,  -1.328068155288572e+01};
+                             6.680131188771972e+01, -1.328068155288572e+01};
   static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
                              -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
   static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
@@ -177,8 +177,10 @@ double gamma_log_quantile(double a, double p) {
     const double lp = lower ? g.log_p : g.log_q;
     // phi(y) increasing in y for the lower branch, decreasing for the upper one.
     const double phi = lp - target;
-    if ((phi < 0) == lower) lo = std::max(lo, y);
-    else hi = std::min(hi, y);
+    if ((phi < 0) == lower)
+      lo = std::max(lo, y);
+    else
+      hi = std::min(hi, y);
     if (phi == 0) break;
     const double log_density_x = a * y - std::exp(y) - std::lgamma(a);  // log(x * pdf(x))
     double dphi = std::exp(log_density_x - lp);
@@ -187,8 +189,10 @@ double gamma_log_quantile(double a, double p) {
     if (!std::isfinite(step)) step = (phi < 0) == lower ? -1.0 : 1.0;
     double y_new = y - step;
     if (!(y_new > lo && y_new < hi)) {
-      if (std::isfinite(lo) && std::isfinite(hi)) y_new = 0.5 * (lo + hi);
-      else y_new = std::isfinite(lo) ? lo + 1.0 : hi - 1.0;
+      if (std::isfinite(lo) && std::isfinite(hi))
+        y_new = 0.5 * (lo + hi);
+      else
+        y_new = std::isfinite(lo) ? lo + 1.0 : hi - 1.0;
     }
     if (std::abs(y_new - y) <= 2e-15 * std::max(1.0, std::abs(y))) {
       y = y_new;

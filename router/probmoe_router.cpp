@@ -14,11 +14,6 @@
 namespace dirmoe {
 namespace {
 
-template <class T>
-void grow(Buffer<T>& buf, int64_t n) {
-  if (buf.size() < n) buf.resize(n);
-}
-
 template <class V>
 void grow(std::vector<V>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
@@ -63,8 +58,8 @@ void ProbMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, 
   const int E = E_;
   N_ = N;
   has_forward_ = true;
-  grow(h_, N * d_);
-  grow(logits_, N * E);
+  h_.grow(N * d_);
+  logits_.grow(N * E);
   grow(probs_, N * E);
   grow(mu_, N * E);
   grow(lse_, N);
@@ -113,7 +108,8 @@ void ProbMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, 
     int n;
     if (ctx.training) {
       const int k = dynamic_ ? dp_.sample_size(size_noise.uniform(t, 0)) : k_lo_;
-      n = dp_.sample(k, [&](int i) { return subset_noise.uniform(t, i); }, chosen_.data());
+      n = dp_.sample(
+          k, [&](int i) { return subset_noise.uniform(t, i); }, chosen_.data());
     } else {
       int k = k_lo_;
       if (dynamic_) {
@@ -122,9 +118,8 @@ void ProbMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, 
         k = std::clamp(positive, k_lo_, k_hi_);
       }
       std::iota(chosen_.begin(), chosen_.end(), 0);
-      std::partial_sort(chosen_.begin(), chosen_.begin() + k, chosen_.end(), [l](int a, int b) {
-        return l[a] > l[b] || (l[a] == l[b] && a < b);
-      });
+      std::partial_sort(chosen_.begin(), chosen_.begin() + k, chosen_.end(),
+                        [l](int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
       n = k;
     }
     std::sort(chosen_.begin(), chosen_.begin() + n,
@@ -173,7 +168,7 @@ void ProbMoERouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
   DIRMOE_CHECK(dweights != nullptr && dh != nullptr, "router ", weight_.name,
                ": null dweights or dh");
   const int E = E_;
-  grow(dlogits_, N * E);
+  dlogits_.grow(N * E);
   const double aux_scale = loss_scale * cfg_.aux_loss_coef * E / static_cast<double>(N);
   const double z_scale = loss_scale * cfg_.z_loss_coef * 2.0 / static_cast<double>(N);
   for (int64_t t = 0; t < N; ++t) {

@@ -38,7 +38,7 @@ class ProbMoERouter final : public Router<T> {
   bool dynamic_;
   int64_t d_;
   int E_;
-  int k_lo_, k_hi_;  // subset size range ([k, k] for exact)
+  int k_lo_, k_hi_;      // subset size range ([k, k] for exact)
   Parameter<T> weight_;  // [E,d]
   RouterStats stats_;
   SubsetDP dp_;

@@ -60,9 +60,9 @@ void validate_dirmoe(const RouterConfig& cfg, int E) {
           "target active mass must lie in (0, 1), got " + str(p.m));
   const double lo = prior_simpson_floor(E, cfg.k, p.m);
   require(p.h > lo && p.h < 1, "moe.router.dirmoe.prior.h",
-          "target Simpson index must lie in (" + str(lo) + ", 1) for moe.num_experts = " +
-              str(E) + ", moe.router.k = " + str(cfg.k) + ", prior.m = " + str(p.m) + " (1/E = " +
-              str(1.0 / E) + " when m = k/E), got " + str(p.h));
+          "target Simpson index must lie in (" + str(lo) + ", 1) for moe.num_experts = " + str(E) +
+              ", moe.router.k = " + str(cfg.k) + ", prior.m = " + str(p.m) +
+              " (1/E = " + str(1.0 / E) + " when m = k/E), got " + str(p.h));
 }
 
 void validate_probmoe(const RouterConfig& cfg, int E) {
@@ -74,8 +74,7 @@ void validate_probmoe(const RouterConfig& cfg, int E) {
   require(c.k_max <= E, "moe.router.probmoe.k_max",
           "must lie in [1, moe.num_experts = " + str(E) + "], got " + str(c.k_max));
   require(c.k_min <= c.k_max, "moe.router.probmoe.k_min",
-          "must not exceed moe.router.probmoe.k_max = " + str(c.k_max) + ", got " +
-              str(c.k_min));
+          "must not exceed moe.router.probmoe.k_max = " + str(c.k_max) + ", got " + str(c.k_min));
 }
 
 }  // namespace

@@ -50,17 +50,21 @@ struct DirMoEPriorConfig {
 };
 
 struct DirMoEConfig {
-  Schedule tau = Schedule::exponential(1.0, 0.99, 0.1);  // gate temperature (tau_0, rho, tau_min)
-  double r_min = 0.05;        // dispatch experts with r >= r_min ...
-  int max_active = 4;         // ... at most this many per token (largest r first)
-  Schedule lambda_q = Schedule::constant(1.0);  // posterior concentration scale (its schedule)
-  double alpha_floor = 1e-2;  // positivity floor added to softplus for a_hi, a_lo
+  // Gate temperature: tau_t = max(tau_min, tau_0 * rho^t) by default (start, rate, floor).
+  Schedule tau = Schedule::exponential(1.0, 0.99, 0.1);
+  // Dispatch: experts with r >= r_min, at most max_active per token (largest r first).
+  double r_min = 0.05;
+  int max_active = 4;
+  // Posterior concentration scale (the concentration schedule): alpha_q = lambda_q * (...).
+  Schedule lambda_q = Schedule::constant(1.0);
+  // Positivity floor added to softplus for a_hi and a_lo.
+  double alpha_floor = 1e-2;
   DirMoEPriorConfig prior;
   Schedule beta = Schedule::constant(0.01);            // KL weight
   Schedule recon_weight = Schedule::constant(0.1);     // reconstruction weight
-  Schedule lambda_sparsity = Schedule::constant(0.1);  // (sum z - k)^2 weight
-  std::string eval = "gate";                 // gate | soft | sample
-  std::string gamma_sampler = "marsaglia_tsang";  // marsaglia_tsang | inverse_cdf
+  Schedule lambda_sparsity = Schedule::constant(0.1);  // weight of (sum z - k)^2
+  std::string eval = "gate";                           // gate | soft | sample
+  std::string gamma_sampler = "marsaglia_tsang";       // marsaglia_tsang | inverse_cdf
 };
 
 // ProbMoE: k-subsets with P(S) ~ prod_S p_i prod_notS (1 - p_j), p = sigmoid(l).

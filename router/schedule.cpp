@@ -113,8 +113,7 @@ void validate_schedule(const Schedule& s, const std::string& key, double lower, 
         DIRMOE_FAIL(key, ".rate: must lie in (0, 1] (decay per step), got ", s.rate);
       if (below(s.floor)) DIRMOE_FAIL(key, ".floor: must be ", bound, lower, ", got ", s.floor);
       if (s.floor > s.start)
-        DIRMOE_FAIL(key, ".floor: must not exceed ", key, ".start = ", s.start, ", got ",
-                    s.floor);
+        DIRMOE_FAIL(key, ".floor: must not exceed ", key, ".start = ", s.start, ", got ", s.floor);
       break;
   }
 }

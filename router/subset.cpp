@@ -20,8 +20,8 @@ double log_add(double a, double b) {
 }  // namespace
 
 SubsetDP::SubsetDP(int num_experts, int k_max) : E_(num_experts), K_(k_max) {
-  DIRMOE_CHECK(E_ >= 1 && K_ >= 0 && K_ <= E_, "SubsetDP: need 0 <= k_max <= E, got k_max = ",
-               K_, ", E = ", E_);
+  DIRMOE_CHECK(E_ >= 1 && K_ >= 0 && K_ <= E_, "SubsetDP: need 0 <= k_max <= E, got k_max = ", K_,
+               ", E = ", E_);
   l_.assign(E_, 0.0);
   const size_t n = static_cast<size_t>(E_ + 1) * (K_ + 1);
   table_.assign(n, -INFINITY);

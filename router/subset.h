@@ -1,9 +1,9 @@
 // The conditional-Bernoulli (k-subset) distribution behind ProbMoE: with p_i = sigmoid(l_i),
 // P(S) ~ prod_{i in S} p_i prod_{j not in S} (1 - p_j) over subsets of size k, i.e. proportional to
 // prod_{i in S} exp(l_i) / e_k(exp(l)). A log-space dynamic program over the elementary symmetric
-// polynomials e_j gives the normaliser, the inclusion marginals (its gradient), their Hessian-vector
-// product, exact subset sampling (backward pass over the table) and Dynamic-k's P(k) ~ Z_k, all in
-// O(E k) per token.
+// polynomials e_j gives the normaliser, the inclusion marginals (its gradient), their
+// Hessian-vector product, exact subset sampling (backward pass over the table) and Dynamic-k's P(k)
+// ~ Z_k, all in O(E k) per token.
 #pragma once
 
 #include <cmath>

@@ -8,11 +8,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -32,8 +31,8 @@ struct Proc {
 Proc sh(const std::string& cmd, int timeout_s = 300) {
   fs::path log =
       fs::temp_directory_path() / ("dirmoe_e2e_routers_" + std::to_string(::getpid()) + ".log");
-  std::string full = "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " +
-                     log.string() + " 2>&1";
+  std::string full =
+      "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " + log.string() + " 2>&1";
   int rc = std::system(full.c_str());
   Proc r;
   r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
@@ -97,8 +96,8 @@ void expect_same_losses(int np, const std::string& name, const std::string& rout
                " --set parallel.ep=" + std::to_string(np) + " --run-dir " + a.string());
   ASSERT_EQ(ra.code, 0) << ra.output;
   Proc rb = sh(mpiexec(1) + bin() + small_job(20) + router +
-               " --set parallel.ep=1 --set train.grad_accum=" + std::to_string(np) +
-               " --run-dir " + b.string());
+               " --set parallel.ep=1 --set train.grad_accum=" + std::to_string(np) + " --run-dir " +
+               b.string());
   ASSERT_EQ(rb.code, 0) << rb.output;
   auto la = step_losses(a), lb = step_losses(b);
   ASSERT_EQ(la.size(), 20u);
@@ -114,9 +113,10 @@ void expect_same_losses(int np, const std::string& name, const std::string& rout
   const double act_a = ra_rec.back()["active_experts"].get<double>();
   const double act_b = rb_rec.back()["active_experts"].get<double>();
   EXPECT_NEAR(act_a, act_b, 1e-9) << "the routing itself must agree";
-  std::printf("%s: EP=%d on %d ranks vs 1 rank x %d accumulation: 20 steps, loss %.6f -> %.6f, "
-              "worst relative difference %.3g, active experts %.4f vs %.4f\n",
-              name.c_str(), np, np, np, lb.front(), lb.back(), worst, act_a, act_b);
+  std::printf(
+      "%s: EP=%d on %d ranks vs 1 rank x %d accumulation: 20 steps, loss %.6f -> %.6f, "
+      "worst relative difference %.3g, active experts %.4f vs %.4f\n",
+      name.c_str(), np, np, np, lb.front(), lb.back(), worst, act_a, act_b);
   EXPECT_LT(lb.back(), lb.front());  // it trains
 }
 
@@ -168,10 +168,10 @@ TEST(RouterMetrics, DirMoEFiguresPerLayerInMetrics) {
 }
 
 TEST(RouterBadInput, BadRouterConfigEndsEveryRank) {
-  Proc r = sh(mpiexec(2) + bin() + small_job(2) + kDirMoE +
-                  " --set moe.router.dirmoe.prior.m=1.5 --run-dir " +
-                  work_dir("bad_router").string(),
-              60);
+  Proc r =
+      sh(mpiexec(2) + bin() + small_job(2) + kDirMoE +
+             " --set moe.router.dirmoe.prior.m=1.5 --run-dir " + work_dir("bad_router").string(),
+         60);
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.code, 137) << "killed by the time limit (a hang): " << r.output;
   EXPECT_NE(r.output.find("moe.router.dirmoe.prior.m"), std::string::npos) << r.output;

@@ -101,7 +101,8 @@ inline std::string data_path(const std::string& name) {
 inline double kolmogorov_tail(double lambda) {
   if (lambda < 0.2) return 1.0;
   double s = 0;
-  for (int k = 1; k <= 100; ++k) s += 2 * ((k % 2) ? 1 : -1) * std::exp(-2.0 * k * k * lambda * lambda);
+  for (int k = 1; k <= 100; ++k)
+    s += 2 * ((k % 2) ? 1 : -1) * std::exp(-2.0 * k * k * lambda * lambda);
   return std::clamp(s, 0.0, 1.0);
 }
 

@@ -140,13 +140,12 @@ TEST_P(DirMoEGradTest, FiniteDifferencesDouble) {
   EXPECT_EQ(routing.experts, experts0) << "the dispatched set moved during differencing";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Cases, DirMoEGradTest,
-    ::testing::Values(GradCase{"rmin_max3", false, 0.1, 3, 0},
-                      GradCase{"renormalized", true, 0.1, 3, 4},
-                      GradCase{"all_dispatched", false, 0.0, 5, 9},
-                      GradCase{"top1", true, 0.0, 1, 2}),
-    [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Cases, DirMoEGradTest,
+                         ::testing::Values(GradCase{"rmin_max3", false, 0.1, 3, 0},
+                                           GradCase{"renormalized", true, 0.1, 3, 4},
+                                           GradCase{"all_dispatched", false, 0.0, 5, 9},
+                                           GradCase{"top1", true, 0.0, 1, 2}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 TEST(DirMoERouter, RoutingInvariantsAndStatistics) {
   const int64_t N = 64, d = 8;
@@ -293,10 +292,12 @@ TEST(DirMoERouter, EvaluationRules) {
     for (int64_t a = g1.offsets[t]; a < g1.offsets[t + 1]; ++a) total += g1.weights[a];
     EXPECT_NEAR(total, 1.0, 1e-12);
   }
-  expect_error([&] {
-    std::vector<double> dw(g1.nnz()), dh(N * d);
-    router->backward(dw.data(), 1.0, dh.data());
-  }, "evaluation forward");
+  expect_error(
+      [&] {
+        std::vector<double> dw(g1.nnz()), dh(N * d);
+        router->backward(dw.data(), 1.0, dh.data());
+      },
+      "evaluation forward");
   // Soft and sample rules run and route every token.
   for (const char* rule : {"soft", "sample"}) {
     RouterConfig c2 = cfg;

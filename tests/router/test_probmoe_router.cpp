@@ -1,6 +1,6 @@
-// ProbMoE router: finite differences in double of the straight-through surrogate with the noise held
-// fixed (Exact-k and Dynamic-k), sampled routing against the exact marginals, evaluation rules,
-// noise keyed by global token, statistics and config errors.
+// ProbMoE router: finite differences in double of the straight-through surrogate with the noise
+// held fixed (Exact-k and Dynamic-k), sampled routing against the exact marginals, evaluation
+// rules, noise keyed by global token, statistics and config errors.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -124,8 +124,10 @@ TEST(ProbMoERouter, SampledInclusionFrequenciesMatchMarginals) {
       const double se = std::sqrt(mu * (1 - mu) / N) + 1e-12;
       worst_z = std::max(worst_z, std::abs(freq[i] - mu) / se);
     }
-    std::printf("probmoe %-7s: inclusion frequencies over %ld draws vs exact marginals: worst "
-                "|z| %.2f\n", mode, static_cast<long>(N), worst_z);
+    std::printf(
+        "probmoe %-7s: inclusion frequencies over %ld draws vs exact marginals: worst "
+        "|z| %.2f\n",
+        mode, static_cast<long>(N), worst_z);
     EXPECT_LE(worst_z, 4.0) << mode;
   }
 }

@@ -33,7 +33,8 @@ TEST(IncompleteGamma, ClosedFormsAndComplement) {
     EXPECT_NEAR(e.log_q, -x, 1e-13 * std::max(1.0, x)) << x;
     const LogIncGamma h = log_incomplete_gamma(0.5, std::log(x));
     EXPECT_NEAR(std::exp(h.log_p), std::erf(std::sqrt(x)), 1e-14) << x;
-    EXPECT_NEAR(std::exp(h.log_q), std::erfc(std::sqrt(x)), 1e-14 * std::erfc(std::sqrt(x)) + 1e-300)
+    EXPECT_NEAR(std::exp(h.log_q), std::erfc(std::sqrt(x)),
+                1e-14 * std::erfc(std::sqrt(x)) + 1e-300)
         << x;
   }
   const LogIncGamma z = log_incomplete_gamma(0.3, -INFINITY);
@@ -58,9 +59,10 @@ TEST(GammaGradient, MatchesOracleOnEveryRow) {
     worst_quantile = std::max(worst_quantile, std::abs(q - x) / x);
   }
   EXPECT_LE(worst_quantile, 1e-12);
-  std::printf("dG/dalpha vs oracle (227 rows, alpha 0.01..300, x down to %.3g): worst relative "
-              "error %.3g (PyTorch _standard_gamma_grad: %.3g); quantile worst %.3g\n",
-              5.66e-301, worst, worst_torch, worst_quantile);
+  std::printf(
+      "dG/dalpha vs oracle (227 rows, alpha 0.01..300, x down to %.3g): worst relative "
+      "error %.3g (PyTorch _standard_gamma_grad: %.3g); quantile worst %.3g\n",
+      5.66e-301, worst, worst_torch, worst_quantile);
 }
 
 TEST(GammaGradient, FiniteAndPositiveForTinyAndHugeSamples) {
@@ -152,10 +154,11 @@ TEST_P(GammaSamplerTest, MomentsAndKolmogorovSmirnov) {
     }
     const double sn = std::sqrt(static_cast<double>(n));
     const double p = test::kolmogorov_tail((sn + 0.12 + 0.11 / sn) * D);
-    std::printf("gamma sampler %-15s alpha %6g: mean %.5g (%+.2f se) var %.5g (%+.2f se) KS D "
-                "%.4f p %.3f  (min sample e^%.4g)\n",
-                inverse ? "inverse_cdf" : "marsaglia_tsang", a, mean, (mean - a) / se_mean, var,
-                (var - a) / se_var, D, p, lx.front());
+    std::printf(
+        "gamma sampler %-15s alpha %6g: mean %.5g (%+.2f se) var %.5g (%+.2f se) KS D "
+        "%.4f p %.3f  (min sample e^%.4g)\n",
+        inverse ? "inverse_cdf" : "marsaglia_tsang", a, mean, (mean - a) / se_mean, var,
+        (var - a) / se_var, D, p, lx.front());
     EXPECT_LE(std::abs(mean - a), 3 * se_mean) << a;
     EXPECT_LE(std::abs(var - a), 3 * se_var) << a;
     EXPECT_GT(p, 0.01) << a;
@@ -164,8 +167,7 @@ TEST_P(GammaSamplerTest, MomentsAndKolmogorovSmirnov) {
 INSTANTIATE_TEST_SUITE_P(Samplers, GammaSamplerTest,
                          ::testing::Values(SamplerCase{false}, SamplerCase{true}),
                          [](const auto& info) {
-                           return std::string(info.param.inverse ? "InverseCdf"
-                                                                 : "MarsagliaTsang");
+                           return std::string(info.param.inverse ? "InverseCdf" : "MarsagliaTsang");
                          });
 
 TEST(GammaSampler, NoiseIsKeyedByGlobalToken) {
@@ -200,8 +202,10 @@ TEST(DirichletKl, MatchesOracleOnEveryRow) {
     EXPECT_LE(rel, 1e-9) << "row with E = " << r[0];
     worst = std::max(worst, rel);
   }
-  std::printf("Dirichlet KL vs oracle (200 rows, E 2..32, concentrations 1e-3..500): worst "
-              "relative error %.3g\n", worst);
+  std::printf(
+      "Dirichlet KL vs oracle (200 rows, E 2..32, concentrations 1e-3..500): worst "
+      "relative error %.3g\n",
+      worst);
 }
 
 TEST(DirichletKl, GradientsMatchFiniteDifferences) {
@@ -248,9 +252,9 @@ struct PriorCase {
 
 TEST(PriorCalibration, MonteCarloConfirmsActiveMassAndSimpsonIndex) {
   const int n = 80000;
-  for (PriorCase pc : {PriorCase{8, 1, 0.8, 0.75}, PriorCase{8, 2, 0.6, 0.5},
-                       PriorCase{16, 4, 0.5, 0.3}, PriorCase{4, 1, 0.25, 0.4},
-                       PriorCase{64, 8, 0.9, 0.2}}) {
+  for (PriorCase pc :
+       {PriorCase{8, 1, 0.8, 0.75}, PriorCase{8, 2, 0.6, 0.5}, PriorCase{16, 4, 0.5, 0.3},
+        PriorCase{4, 1, 0.25, 0.4}, PriorCase{64, 8, 0.9, 0.2}}) {
     const DirichletPrior p = calibrate_dirichlet_prior(pc.E, pc.k, pc.m, pc.h);
     EXPECT_NEAR(prior_active_mass(p, pc.E, pc.k), pc.m, 1e-12);
     EXPECT_NEAR(prior_mean_simpson(p, pc.E, pc.k), pc.h, 1e-12);
@@ -286,10 +290,11 @@ TEST(PriorCalibration, MonteCarloConfirmsActiveMassAndSimpsonIndex) {
     }
     const double m = ms / n, s = ss / n;
     const double se_m = std::sqrt((ms2 / n - m * m) / n), se_s = std::sqrt((ss2 / n - s * s) / n);
-    std::printf("prior E=%d k=%d m=%.2f h=%.2f: a_hi/a_lo %.4g lambda_p %.4g | MC (%d draws) "
-                "active mass %.4f (rel %+.2f%%, se %.2f%%) Simpson %.4f (rel %+.2f%%, se %.2f%%)\n",
-                pc.E, pc.k, pc.m, pc.h, p.a_hi / p.a_lo, p.lambda, n, m, 100 * (m / pc.m - 1),
-                100 * se_m / pc.m, s, 100 * (s / pc.h - 1), 100 * se_s / pc.h);
+    std::printf(
+        "prior E=%d k=%d m=%.2f h=%.2f: a_hi/a_lo %.4g lambda_p %.4g | MC (%d draws) "
+        "active mass %.4f (rel %+.2f%%, se %.2f%%) Simpson %.4f (rel %+.2f%%, se %.2f%%)\n",
+        pc.E, pc.k, pc.m, pc.h, p.a_hi / p.a_lo, p.lambda, n, m, 100 * (m / pc.m - 1),
+        100 * se_m / pc.m, s, 100 * (s / pc.h - 1), 100 * se_s / pc.h);
     EXPECT_LE(std::abs(m / pc.m - 1), 0.01);
     EXPECT_LE(std::abs(s / pc.h - 1), 0.01);
     EXPECT_LE(3 * se_m / pc.m, 0.01);  // the 1% check has power
@@ -366,16 +371,18 @@ TEST(SubsetDP, MarginalsEqualEnumerationUpTo12Experts) {
         dp.marginals(mu.data());
         const Enumerated ref = enumerate(l, k_min, k_max);
         for (int k = 0; k <= E; ++k)
-          worst_size = std::max(worst_size, std::abs((k <= k_max ? dp.size_prob(k) : 0.0) -
-                                                     ref.size_prob[k]));
+          worst_size = std::max(worst_size,
+                                std::abs((k <= k_max ? dp.size_prob(k) : 0.0) - ref.size_prob[k]));
         for (int i = 0; i < E; ++i) worst = std::max(worst, std::abs(mu[i] - ref.mu[i]));
       }
     }
   }
   EXPECT_LE(worst, 1e-9);
   EXPECT_LE(worst_size, 1e-9);
-  std::printf("ProbMoE DP vs enumeration (E = 1..12, every k and [k_min, k_max]): worst marginal "
-              "error %.3g, worst P(k) error %.3g\n", worst, worst_size);
+  std::printf(
+      "ProbMoE DP vs enumeration (E = 1..12, every k and [k_min, k_max]): worst marginal "
+      "error %.3g, worst P(k) error %.3g\n",
+      worst, worst_size);
 }
 
 TEST(SubsetDP, HessianVectorProductMatchesDifferencesOfMarginals) {
@@ -424,7 +431,8 @@ TEST(SubsetDP, SampledSubsetsPassChiSquare) {
     std::vector<int32_t> chosen(c.E);
     for (int t = 0; t < n; ++t) {
       const int k = dp.sample_size(size.uniform(t, 0));
-      const int m = dp.sample(k, [&](int i) { return sub.uniform(t, i); }, chosen.data());
+      const int m = dp.sample(
+          k, [&](int i) { return sub.uniform(t, i); }, chosen.data());
       ASSERT_EQ(m, k);
       int mask = 0;
       for (int j = 0; j < m; ++j) mask |= 1 << chosen[j];
@@ -438,8 +446,10 @@ TEST(SubsetDP, SampledSubsetsPassChiSquare) {
     }
     const int df = static_cast<int>(ref.subset.size()) - 1;
     const double pv = chi2_pvalue(chi2, df);
-    std::printf("ProbMoE sampler E=%d k in [%d,%d]: %d draws over %zu subsets, chi2 %.2f (df %d), "
-                "p %.3f\n", c.E, c.k_min, c.k_max, n, ref.subset.size(), chi2, df, pv);
+    std::printf(
+        "ProbMoE sampler E=%d k in [%d,%d]: %d draws over %zu subsets, chi2 %.2f (df %d), "
+        "p %.3f\n",
+        c.E, c.k_min, c.k_max, n, ref.subset.size(), chi2, df, pv);
     EXPECT_GT(pv, 0.01);
   }
 }
