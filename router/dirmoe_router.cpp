@@ -14,11 +14,6 @@
 namespace dirmoe {
 namespace {
 
-template <class V>
-void grow(std::vector<V>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-}
-
 double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::abs(x))); }
 
 double sigmoid(double x) {
@@ -85,6 +80,7 @@ void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, R
   const bool noisy = ctx.training || c.eval == "sample";
   const bool hard = !ctx.training && c.eval == "gate";
   const bool inverse = c.gamma_sampler == "inverse_cdf";
+  expected_count_ = c.sparsity_on == "expected";
   N_ = N;
   has_forward_ = true;
   differentiable_ = noisy;
@@ -94,9 +90,9 @@ void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, R
   r_t_.grow(N * E);
   err_.grow(N * d);
   for (auto* v : {&z_, &a_hi_, &a_lo_, &alpha_, &dlogg_, &g_s_, &r_, &dkl_q_, &dkl_p_, &soft_})
-    grow(*v, N * E);
-  grow(sum_z_, N);
-  grow(kept_, N);
+    grow_vector(*v, N * E);
+  grow_vector(sum_z_, N);
+  grow_vector(kept_, N);
   std::copy(h, h + N * d, h_.data());
   if (N > 0) cpu::linear_forward(u_.data(), h, weight_.value.data(), N, d, 3 * E);
 
@@ -110,7 +106,7 @@ void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, R
   std::fill(load_.begin(), load_.end(), 0);
   std::fill(prob_sum_.begin(), prob_sum_.end(), 0.0);
   double undispatched = 0, kl_sum = 0, sp_sum = 0, sum_gates = 0, entropy = 0;
-  int64_t near_binary = 0;
+  int64_t near_binary = 0, open_gates = 0, no_open = 0;
 
   for (int64_t t = 0; t < N; ++t) {
     const T* u = u_.data() + t * 3 * E;
@@ -215,12 +211,23 @@ void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, R
     for (int i = 0; i < E; ++i)
       ap_[i] = prior_.lambda * (z[i] * prior_.a_hi + (1 - z[i]) * prior_.a_lo);
     kl_sum += dirichlet_kl_grad(alpha, ap_.data(), E, dkl_q_.data() + t * E, dkl_p_.data() + t * E);
-    sp_sum += (s - cfg_.k) * (s - cfg_.k);
+    if (expected_count_) {
+      double ps = 0;
+      for (int i = 0; i < E; ++i) ps += sigmoid(static_cast<double>(u[i]));
+      sum_z_[t] = ps;  // the backward's count
+      sp_sum += (ps - cfg_.k) * (ps - cfg_.k);
+    } else {
+      sp_sum += (s - cfg_.k) * (s - cfg_.k);
+    }
     sum_gates += s;
+    int open = 0;
     for (int i = 0; i < E; ++i) {
       entropy += binary_entropy(z[i]);
       near_binary += (z[i] < 0.05 || z[i] > 0.95);
+      open += z[i] >= 0.5;
     }
+    open_gates += open;
+    no_open += open == 0;
   }
   offsets_ = out.offsets;
   experts_ = out.experts;
@@ -268,6 +275,8 @@ void DirMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, R
                     {"recon", recon},
                     {"sparsity", sparsity},
                     {"sum_gates", sum_gates * inv_n},
+                    {"open_gates", static_cast<double>(open_gates) * inv_n},
+                    {"no_open_gate", static_cast<double>(no_open) * inv_n},
                     {"tau", tau_},
                     {"lambda_q", lambda_q_},
                     {"gate_entropy", entropy * inv_n / E},
@@ -338,9 +347,13 @@ void DirMoERouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
       const double c = dr[i] - dot;
       const double dalpha = r[i] * c * dlogg_[ti] + ks * dkl_q_[ti];
       const double dz = g_s_[ti] * c + dalpha * lambda_q_ * (a_hi_[ti] - a_lo_[ti]) +
-                        ks * dkl_p_[ti] * dprior + sp;
-      du[i] = static_cast<T>(dz * z[i] * (1 - z[i]) / tau_ +
-                             aux_scale * soft[i] * (fraction_[i] - aux_dot));
+                        ks * dkl_p_[ti] * dprior + (expected_count_ ? 0.0 : sp);
+      double dl = dz * z[i] * (1 - z[i]) / tau_ + aux_scale * soft[i] * (fraction_[i] - aux_dot);
+      if (expected_count_) {
+        const double p = sigmoid(static_cast<double>(u[i]));
+        dl += sp * p * (1 - p);
+      }
+      du[i] = static_cast<T>(dl);
       du[E + i] =
           static_cast<T>(dalpha * lambda_q_ * z[i] * sigmoid(static_cast<double>(u[E + i])));
       du[2 * E + i] = static_cast<T>(dalpha * lambda_q_ * (1 - z[i]) *

@@ -56,6 +56,7 @@ class DirMoERouter final : public Router<T> {
   int64_t N_ = 0;
   bool has_forward_ = false;
   bool differentiable_ = false;  // false after an evaluation forward with deterministic gates
+  bool expected_count_ = false;  // sparsity penalty on sum_i sigmoid(l_i) (sparsity_on: expected)
   double tau_ = 1, lambda_q_ = 1, beta_ = 0, recon_w_ = 0, lambda_s_ = 0;
   Buffer<T> h_;                   // [N,d] copy of the input
   Buffer<T> u_;                   // [N,3E] head outputs

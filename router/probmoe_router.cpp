@@ -14,11 +14,6 @@
 namespace dirmoe {
 namespace {
 
-template <class V>
-void grow(std::vector<V>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(n);
-}
-
 double binary_entropy(double p) {
   double h = 0;
   if (p > 0) h -= p * std::log(p);
@@ -60,9 +55,9 @@ void ProbMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, 
   has_forward_ = true;
   h_.grow(N * d_);
   logits_.grow(N * E);
-  grow(probs_, N * E);
-  grow(mu_, N * E);
-  grow(lse_, N);
+  grow_vector(probs_, N * E);
+  grow_vector(mu_, N * E);
+  grow_vector(lse_, N);
   std::copy(h, h + N * d_, h_.data());
   if (N > 0) cpu::linear_forward(logits_.data(), h, weight_.value.data(), N, d_, E);
 

@@ -38,6 +38,9 @@ void validate_dirmoe(const RouterConfig& cfg, int E) {
   validate_schedule(c.recon_weight, "moe.router.dirmoe.recon_weight", 0.0, /*strict=*/false);
   validate_schedule(c.lambda_sparsity, "moe.router.dirmoe.lambda_sparsity", 0.0,
                     /*strict=*/false);
+  require(c.sparsity_on == "sample" || c.sparsity_on == "expected",
+          "moe.router.dirmoe.sparsity_on",
+          "unknown count '" + c.sparsity_on + "' (available: sample, expected)");
   require(c.eval == "gate" || c.eval == "soft" || c.eval == "sample", "moe.router.dirmoe.eval",
           "unknown evaluation rule '" + c.eval + "' (available: gate, soft, sample)");
   require(c.gamma_sampler == "marsaglia_tsang" || c.gamma_sampler == "inverse_cdf",

@@ -63,6 +63,11 @@ struct DirMoEConfig {
   Schedule beta = Schedule::constant(0.01);            // KL weight
   Schedule recon_weight = Schedule::constant(0.1);     // reconstruction weight
   Schedule lambda_sparsity = Schedule::constant(0.1);  // weight of (sum z - k)^2
+  // What the sparsity penalty counts: "sample" = the relaxed gates of the drawn sample,
+  // (sum_i z_i - k)^2; "expected" = the expected number of open gates under the logistic noise,
+  // (sum_i sigmoid(l_i) - k)^2 (P(z_i > 1/2) = sigmoid(l_i)): no variance term, and a gradient
+  // that does not fade with the temperature.
+  std::string sparsity_on = "sample";
   std::string eval = "gate";                           // gate | soft | sample
   std::string gamma_sampler = "marsaglia_tsang";       // marsaglia_tsang | inverse_cdf
 };

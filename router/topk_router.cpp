@@ -45,7 +45,7 @@ void TopKRouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Rou
   out.weights.resize(N * k);
   std::fill(prob_sum_.begin(), prob_sum_.end(), 0.0);
   std::fill(fraction_.begin(), fraction_.end(), 0.0);
-  double entropy = 0, top1 = 0, z = 0;
+  double entropy = 0, top1 = 0, z = 0, undispatched = 0;
 
   for (int64_t t = 0; t < N; ++t) {
     const T* l = logits_.data() + t * E_;
@@ -74,6 +74,7 @@ void TopKRouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Rou
                       [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
     double chosen = 0;
     for (int j = 0; j < k; ++j) chosen += static_cast<double>(p[order_[j]]);
+    undispatched += std::max(0.0, 1.0 - chosen);
     out.offsets[t] = t * k;
     for (int j = 0; j < k; ++j) {
       const int32_t e = order_[j];
@@ -98,8 +99,12 @@ void TopKRouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Rou
   stats_.aux_loss = cfg_.aux_loss_coef * E_ * aux;
   stats_.z_loss = N > 0 ? cfg_.z_loss_coef * z / static_cast<double>(N) : 0.0;
   stats_.mean_active = k;
-  stats_.scalars = {{"entropy", N > 0 ? entropy / static_cast<double>(N) : 0.0},
-                    {"top1_prob", N > 0 ? top1 / static_cast<double>(N) : 0.0}};
+  const double inv_n = N > 0 ? 1.0 / static_cast<double>(N) : 0.0;
+  // undispatched_mass: probability outside the k chosen experts (before any renormalisation).
+  stats_.scalars = {{"target_k", static_cast<double>(k)},
+                    {"undispatched_mass", undispatched * inv_n},
+                    {"entropy", entropy * inv_n},
+                    {"top1_prob", top1 * inv_n}};
 }
 
 template <class T>

@@ -193,6 +193,8 @@ const std::map<std::string, Setter>& schema() {
       F("moe.router.dirmoe.recon_weight", parse_schedule(n, c.moe.router.dirmoe.recon_weight)),
       F("moe.router.dirmoe.lambda_sparsity",
         parse_schedule(n, c.moe.router.dirmoe.lambda_sparsity)),
+      F("moe.router.dirmoe.sparsity_on",
+        c.moe.router.dirmoe.sparsity_on = as<std::string>(n, "sample|expected")),
       F("moe.router.dirmoe.eval", c.moe.router.dirmoe.eval = as<std::string>(n, "gate|soft|sample")),
       F("moe.router.dirmoe.gamma_sampler",
         c.moe.router.dirmoe.gamma_sampler = as<std::string>(n, "marsaglia_tsang|inverse_cdf")),
@@ -486,6 +488,7 @@ std::string to_yaml(const Config& c) {
   schedule("beta", dm.beta);
   schedule("recon_weight", dm.recon_weight);
   schedule("lambda_sparsity", dm.lambda_sparsity);
+  y << YAML::Key << "sparsity_on" << YAML::Value << dm.sparsity_on;
   y << YAML::Key << "eval" << YAML::Value << dm.eval;
   y << YAML::Key << "gamma_sampler" << YAML::Value << dm.gamma_sampler;
   y << YAML::EndMap;
@@ -540,7 +543,9 @@ ParamCounts count_params(const Config& c) {
   const auto& m = c.model;
   int64_t d = m.hidden, hd = m.head_dim(), Vp = m.padded_vocab(), E = c.moe.num_experts;
   int64_t attn = d * (m.heads * hd) * 2 + d * (m.kv_heads * hd) * 2 + 2 * d;  // q,o,k,v, 2 norms
-  int64_t router = E * d;
+  // topk, probmoe: gate logits [E, d]. dirmoe: heads [3E, d] (l, a_hi, a_lo) and the
+  // reconstruction decoder [d, E] with bias [d].
+  int64_t router = c.moe.router.type == "dirmoe" ? 3 * E * d + E * d + d : E * d;
   int64_t expert = 3 * d * m.ffn_hidden;
   ParamCounts p;
   int64_t per_layer_dense = attn + router;

@@ -31,6 +31,12 @@ struct TensorView {
 };
 
 // Owned, 64-byte aligned, zero-initialised host buffer. Movable, not copyable.
+// A std::vector used as grow-only scratch: resized only when n exceeds its size.
+template <class V>
+void grow_vector(std::vector<V>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+}
+
 template <class T>
 class Buffer {
  public:

@@ -59,6 +59,7 @@ struct GradCase {
   double r_min;
   int max_active;
   int64_t step;
+  const char* sparsity_on = "sample";
 };
 
 class DirMoEGradTest : public ::testing::TestWithParam<GradCase> {};
@@ -72,6 +73,7 @@ TEST_P(DirMoEGradTest, FiniteDifferencesDouble) {
   cfg.renormalize = gc.renormalize;
   cfg.dirmoe.r_min = gc.r_min;
   cfg.dirmoe.max_active = gc.max_active;
+  cfg.dirmoe.sparsity_on = gc.sparsity_on;
   auto router = make<double>(cfg, d, E, 11);
   std::vector<double> h = test::randn(N * d, 12), coef = test::randn(N * E, 13);
   const RouterContext ctx{42, gc.step, 1, 640, true};
@@ -144,7 +146,9 @@ INSTANTIATE_TEST_SUITE_P(Cases, DirMoEGradTest,
                          ::testing::Values(GradCase{"rmin_max3", false, 0.1, 3, 0},
                                            GradCase{"renormalized", true, 0.1, 3, 4},
                                            GradCase{"all_dispatched", false, 0.0, 5, 9},
-                                           GradCase{"top1", true, 0.0, 1, 2}),
+                                           GradCase{"top1", true, 0.0, 1, 2},
+                                           GradCase{"expected_count", false, 0.1, 3, 3,
+                                                    "expected"}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(DirMoERouter, RoutingInvariantsAndStatistics) {
@@ -192,11 +196,12 @@ TEST(DirMoERouter, RoutingInvariantsAndStatistics) {
     EXPECT_TRUE(std::isfinite(v)) << k;
   }
   EXPECT_EQ(names, (std::vector<std::string>{"target_k", "undispatched_mass", "kl", "recon",
-                                             "sparsity", "sum_gates", "tau", "lambda_q",
-                                             "gate_entropy", "near_binary", "dead_experts"}));
+                                             "sparsity", "sum_gates", "open_gates", "no_open_gate",
+                                             "tau", "lambda_q", "gate_entropy", "near_binary",
+                                             "dead_experts"}));
   EXPECT_NEAR(s.scalars[1].second, undispatched / N, 1e-12);
   EXPECT_DOUBLE_EQ(s.scalars[0].second, 2.0);
-  EXPECT_DOUBLE_EQ(s.scalars[6].second, 1.2);
+  EXPECT_DOUBLE_EQ(s.scalars[8].second, 1.2);
   EXPECT_GT(s.aux_loss, 0.0);
   EXPECT_NEAR(router->loss(),
               s.aux_loss + s.scalars[2].second + s.scalars[3].second + s.scalars[4].second, 1e-12);
@@ -368,6 +373,7 @@ TEST(DirMoERouter, ConfigErrorsNameTheKey) {
   bad([](RouterConfig& c) { c.dirmoe.max_active = 0; }, "moe.router.dirmoe.max_active");
   bad([](RouterConfig& c) { c.dirmoe.r_min = 1.5; }, "moe.router.dirmoe.r_min");
   bad([](RouterConfig& c) { c.dirmoe.alpha_floor = 0; }, "moe.router.dirmoe.alpha_floor");
+  bad([](RouterConfig& c) { c.dirmoe.sparsity_on = "mean"; }, "moe.router.dirmoe.sparsity_on");
   bad([](RouterConfig& c) { c.dirmoe.lambda_q = Schedule::constant(0); },
       "moe.router.dirmoe.lambda_q");
   bad([](RouterConfig& c) { c.dirmoe.eval = "argmax"; }, "moe.router.dirmoe.eval");

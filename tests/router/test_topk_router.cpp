@@ -15,6 +15,14 @@
 namespace dirmoe {
 namespace {
 
+// A router's named statistic; fails the test when it is missing.
+double scalar(const RouterStats& st, const std::string& name) {
+  for (const auto& [k, v] : st.scalars)
+    if (k == name) return v;
+  ADD_FAILURE() << "no router statistic named " << name;
+  return NAN;
+}
+
 template <class F>
 void expect_error(F&& f, const std::string& needle) {
   try {
@@ -168,9 +176,9 @@ TEST(TopKRouter, UniformRoutingClosedForm) {
   EXPECT_NEAR(router.stats().z_loss, 0.001 * std::log(8.0) * std::log(8.0), 1e-15);
   EXPECT_NEAR(router.loss(), router.stats().aux_loss + router.stats().z_loss, 1e-15);
   EXPECT_EQ(router.stats().mean_active, k);
-  ASSERT_FALSE(router.stats().scalars.empty());
-  EXPECT_EQ(router.stats().scalars[0].first, "entropy");
-  EXPECT_NEAR(router.stats().scalars[0].second, std::log(8.0), 1e-12);
+  EXPECT_NEAR(scalar(router.stats(), "entropy"), std::log(8.0), 1e-12);
+  EXPECT_EQ(scalar(router.stats(), "target_k"), 2.0);
+  EXPECT_NEAR(scalar(router.stats(), "undispatched_mass"), 1.0 - 2.0 / E, 1e-15);
 
   cfg.renormalize = true;
   TopKRouter<double> renorm(cfg, d, E, "r");
@@ -200,7 +208,8 @@ TEST(TopKRouter, SkewedRoutingClosedForm) {
   EXPECT_NEAR(router.stats().aux_loss, 0.3 * 16.0 / 15.0, 1e-14);
   EXPECT_NEAR(router.stats().z_loss, 0.02 * std::pow(std::log(2.5), 2), 1e-15);
   const double ent = -(0.8 * std::log(0.8) + 0.2 * std::log(0.2));
-  EXPECT_NEAR(router.stats().scalars[0].second, ent, 1e-14);
+  EXPECT_NEAR(scalar(router.stats(), "entropy"), ent, 1e-14);
+  EXPECT_NEAR(scalar(router.stats(), "undispatched_mass"), 0.2, 1e-15);
 }
 
 TEST(TopKRouter, TiesGoToLowerExpertIndex) {

@@ -120,5 +120,24 @@ TEST(ModelGradcheck, InitialLossIsNearLogVocab) {
   EXPECT_NEAR(r.ce_loss, std::log(50.0), 1e-3);
 }
 
+// count_params (used by `config check` and the FLOP counts) against the tensors the model builds.
+TEST(ModelParameters, CountMatchesBuiltModelForEveryRouter) {
+  for (const char* type : {"topk", "dirmoe", "probmoe"}) {
+    Config cfg = tiny_config();
+    cfg.moe.router.type = type;
+    MpiCommunicator self(MPI_COMM_SELF, false, "self");
+    Model<double> model(cfg, &self, Placement::contiguous(cfg.moe.num_experts, 1));
+    int64_t total = 0, expert = 0;
+    for (auto* p : model.parameters()) {
+      total += p->numel();
+      if (p->kind == ParamKind::kExpert) expert += p->numel();
+    }
+    ParamCounts c = count_params(cfg);
+    EXPECT_EQ(c.total, total) << type;
+    EXPECT_EQ(c.per_rank, total) << type;
+    EXPECT_EQ(c.expert, expert) << type;
+  }
+}
+
 }  // namespace
 }  // namespace dirmoe
