@@ -17,11 +17,21 @@ namespace {
 
 // Every variable read_launch_env may look at.
 const char* const kLaunchVariables[] = {
-    "OMPI_COMM_WORLD_RANK",       "OMPI_COMM_WORLD_SIZE",     "OMPI_COMM_WORLD_LOCAL_RANK",
-    "OMPI_COMM_WORLD_LOCAL_SIZE", "PMIX_RANK",                "SLURM_STEP_ID",
-    "SLURM_PROCID",               "SLURM_STEP_NUM_TASKS",     "SLURM_NTASKS",
-    "SLURM_LOCALID",              "SLURM_NODEID",             "SLURM_STEP_NUM_NODES",
-    "SLURM_NNODES",               "SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE",
+    "OMPI_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_SIZE",
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "PMIX_RANK",
+    "SLURM_STEP_ID",
+    "SLURM_PROCID",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_STEP_NUM_NODES",
+    "SLURM_NNODES",
+    "SLURM_STEP_TASKS_PER_NODE",
+    "SLURM_TASKS_PER_NODE",
 };
 
 const std::string* find(const EnvMap& env, const std::string& name) {
@@ -60,10 +70,14 @@ std::string where(int rank, const Topology& t) {
 
 const char* launcher_name(Launcher launcher) {
   switch (launcher) {
-    case Launcher::kMpirun: return "mpirun";
-    case Launcher::kSrun: return "srun";
-    case Launcher::kPmix: return "pmix";
-    case Launcher::kNone: break;
+    case Launcher::kMpirun:
+      return "mpirun";
+    case Launcher::kSrun:
+      return "srun";
+    case Launcher::kPmix:
+      return "pmix";
+    case Launcher::kNone:
+      break;
   }
   return "none";
 }
@@ -84,7 +98,8 @@ std::vector<int> parse_slurm_tasks_per_node(const std::string& text) {
   if (text.empty()) fail();
   while (pos <= text.size()) {
     size_t comma = text.find(',', pos);
-    std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    std::string item =
+        text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     int tasks = 0, repeat = 1;
     size_t paren = item.find("(x");
     if (paren == std::string::npos) {
@@ -127,8 +142,8 @@ LaunchEnv read_launch_env(const EnvMap& env) {
           le.local_size.value = per_node[le.node_id.value];
         } else {
           p.push_back(std::string(name) + "='" + *text + "' lists " +
-                      std::to_string(per_node.size()) + " node(s) but SLURM_NODEID=" +
-                      std::to_string(le.node_id.value));
+                      std::to_string(per_node.size()) +
+                      " node(s) but SLURM_NODEID=" + std::to_string(le.node_id.value));
         }
       } catch (const Error&) {
         p.push_back(std::string(name) + "='" + *text + "' is not a Slurm task count list");
@@ -152,8 +167,10 @@ LaunchEnv read_launch_env(const EnvMap& env) {
 
 std::vector<std::string> check_launch_consistency(const std::vector<EnvMap>& env_of_rank,
                                                   const std::vector<Topology>& mpi_of_rank) {
-  DIRMOE_CHECK(env_of_rank.size() == mpi_of_rank.size(), "launch check needs one environment per "
-               "rank: ", env_of_rank.size(), " environments for ", mpi_of_rank.size(), " ranks");
+  DIRMOE_CHECK(env_of_rank.size() == mpi_of_rank.size(),
+               "launch check needs one environment per "
+               "rank: ",
+               env_of_rank.size(), " environments for ", mpi_of_rank.size(), " ranks");
   std::vector<std::string> out;
   auto said = [](const LaunchValue& v) { return v.var + "=" + std::to_string(v.value); };
   // Node partition: first rank seen per SLURM_NODEID and per MPI node.
@@ -185,13 +202,17 @@ std::vector<std::string> check_launch_consistency(const std::vector<EnvMap>& env
       const int s_env = env_it->second, s_mpi = mpi_it->second;
       if (!env_new && mpi_of_rank[s_env].node_id != t.node_id)
         out.push_back(at + ": " + said(le.node_id) + " as rank " + std::to_string(s_env) +
-                      " (host " + mpi_of_rank[s_env].hostname + ") has, but MPI puts them on "
-                      "different nodes (" + std::to_string(mpi_of_rank[s_env].node_id) + " and " +
+                      " (host " + mpi_of_rank[s_env].hostname +
+                      ") has, but MPI puts them on "
+                      "different nodes (" +
+                      std::to_string(mpi_of_rank[s_env].node_id) + " and " +
                       std::to_string(t.node_id) + ")");
       else if (!mpi_new && s_mpi != s_env)
         out.push_back(at + ": " + said(le.node_id) + ", but rank " + std::to_string(s_mpi) +
-                      " (host " + mpi_of_rank[s_mpi].hostname + "), on the same node by MPI, has "
-                      "SLURM_NODEID=" + env_of_rank[s_mpi].at("SLURM_NODEID"));
+                      " (host " + mpi_of_rank[s_mpi].hostname +
+                      "), on the same node by MPI, has "
+                      "SLURM_NODEID=" +
+                      env_of_rank[s_mpi].at("SLURM_NODEID"));
     }
   }
   return out;
@@ -243,7 +264,8 @@ std::vector<std::string> verify_launch_environment(const Topology& topology) {
     for (size_t i = 1; i + 1 < fields.size(); i += 2) envs[r][fields[i]] = fields[i + 1];
   }
   if (topology.rank == 0)
-    for (const std::string& note : read_launch_env(mine).notes) log_message(LogLevel::kWarn, false, note);
+    for (const std::string& note : read_launch_env(mine).notes)
+      log_message(LogLevel::kWarn, false, note);
   return check_launch_consistency(envs, topos);
 }
 

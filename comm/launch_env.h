@@ -29,12 +29,13 @@ struct LaunchValue {
 
 struct LaunchEnv {
   Launcher launcher = Launcher::kNone;
-  std::vector<LaunchValue> rank;  // every variable stating the world rank (OMPI_..., SLURM_PROCID, PMIX_RANK)
-  LaunchValue world_size;         // OMPI_COMM_WORLD_SIZE | SLURM_STEP_NUM_TASKS (else SLURM_NTASKS)
-  LaunchValue local_rank;         // OMPI_COMM_WORLD_LOCAL_RANK | SLURM_LOCALID
-  LaunchValue local_size;         // OMPI_COMM_WORLD_LOCAL_SIZE | SLURM_STEP_TASKS_PER_NODE[node]
-  LaunchValue node_id;            // SLURM_NODEID
-  LaunchValue num_nodes;          // SLURM_STEP_NUM_NODES (else SLURM_NNODES)
+  // Every variable stating the world rank (OMPI_COMM_WORLD_RANK | SLURM_PROCID, and PMIX_RANK).
+  std::vector<LaunchValue> rank;
+  LaunchValue world_size;  // OMPI_COMM_WORLD_SIZE | SLURM_STEP_NUM_TASKS (else SLURM_NTASKS)
+  LaunchValue local_rank;  // OMPI_COMM_WORLD_LOCAL_RANK | SLURM_LOCALID
+  LaunchValue local_size;  // OMPI_COMM_WORLD_LOCAL_SIZE | SLURM_STEP_TASKS_PER_NODE[node]
+  LaunchValue node_id;     // SLURM_NODEID
+  LaunchValue num_nodes;   // SLURM_STEP_NUM_NODES (else SLURM_NNODES)
   std::vector<std::string> problems;  // malformed values, each naming the variable and its text
   std::vector<std::string> notes;     // harmless but worth saying (e.g. a Slurm job without srun)
 };

@@ -56,9 +56,11 @@ int run_topology(const TopologyOptions& opt) {
     if (t.rank == 0)
       for (int r = 0; r < w; ++r) {
         const int* p = &places[5 * r];
-        std::printf("topology rank=%d world=%d local_rank=%d local_size=%d node=%d nodes=%d "
-                    "host=%s launcher=%s\n", r, w, p[0], p[1], p[2], p[3], &hosts[64 * r],
-                    launcher_name(static_cast<Launcher>(p[4])));
+        std::printf(
+            "topology rank=%d world=%d local_rank=%d local_size=%d node=%d nodes=%d "
+            "host=%s launcher=%s\n",
+            r, w, p[0], p[1], p[2], p[3], &hosts[64 * r],
+            launcher_name(static_cast<Launcher>(p[4])));
       }
 
     // The all-to-all: n int32 to and from every rank, payload keyed by (src, dst, index).
@@ -71,7 +73,8 @@ int run_topology(const TopologyOptions& opt) {
     auto start = std::chrono::steady_clock::now();
     for (int it = 0; it < opt.iters; ++it)
       world.all_to_all_v(send.data(), counts.data(), recv.data(), counts.data(), DType::kI32);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     int64_t wrong = 0;
     for (int src = 0; src < w; ++src)
       for (int64_t i = 0; i < n; ++i) wrong += recv[src * n + i] != payload(src, t.rank, i);
@@ -92,13 +95,14 @@ int run_topology(const TopologyOptions& opt) {
                       dst, a, b, kinds[kind], static_cast<long long>(sent));
         }
       const double moved = static_cast<double>(bytes[1] + bytes[2]) / opt.iters / w;
-      std::printf("all-to-all ranks=%d nodes=%d bytes_per_peer=%lld iters=%d self_bytes=%lld "
-                  "intra_bytes=%lld inter_bytes=%lld wrong=%lld seconds=%.6f "
-                  "per_rank_GBps=%.3f\n", w, t.num_nodes,
-                  static_cast<long long>(opt.bytes_per_peer), opt.iters,
-                  static_cast<long long>(bytes[0]), static_cast<long long>(bytes[1]),
-                  static_cast<long long>(bytes[2]), static_cast<long long>(wrong), seconds,
-                  moved / (seconds / opt.iters) / 1e9);
+      std::printf(
+          "all-to-all ranks=%d nodes=%d bytes_per_peer=%lld iters=%d self_bytes=%lld "
+          "intra_bytes=%lld inter_bytes=%lld wrong=%lld seconds=%.6f "
+          "per_rank_GBps=%.3f\n",
+          w, t.num_nodes, static_cast<long long>(opt.bytes_per_peer), opt.iters,
+          static_cast<long long>(bytes[0]), static_cast<long long>(bytes[1]),
+          static_cast<long long>(bytes[2]), static_cast<long long>(wrong), seconds,
+          moved / (seconds / opt.iters) / 1e9);
       std::fflush(stdout);
     }
     if (wrong != 0) {
@@ -120,9 +124,10 @@ int run_topology(const TopologyOptions& opt) {
 void register_topology_command(CLI::App& app, int* exit_code) {
   auto opt = std::make_shared<TopologyOptions>();
   auto* cmd = app.add_subcommand(
-      "topology", "check a launch: every rank's place (rank, local rank, node, host), then an "
-                  "all-to-all verified element by element, its bytes per peer classed "
-                  "self/intra-node/inter-node");
+      "topology",
+      "check a launch: every rank's place (rank, local rank, node, host), then an "
+      "all-to-all verified element by element, its bytes per peer classed "
+      "self/intra-node/inter-node");
   cmd->add_option("--bytes-per-peer", opt->bytes_per_peer,
                   "bytes each rank sends to every rank per all-to-all (multiple of 4)")
       ->capture_default_str();

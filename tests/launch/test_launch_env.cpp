@@ -19,8 +19,8 @@ std::vector<Topology> block_topology(int world, int per_node, const std::string&
   for (int r = 0; r < world; ++r) {
     const int node = r / per_node;
     const int local_size = std::min(per_node, world - node * per_node);
-    out.push_back(Topology{r, world, r % per_node, local_size, node, nodes,
-                           host + std::to_string(node)});
+    out.push_back(
+        Topology{r, world, r % per_node, local_size, node, nodes, host + std::to_string(node)});
   }
   return out;
 }
@@ -119,8 +119,9 @@ TEST(LaunchEnv, WorldSizeMismatchNamesVariableAndBothValues) {
   auto msgs = check_launch_consistency(envs, block_topology(2, 2));
   ASSERT_EQ(msgs.size(), 4u) << joined(msgs);
   EXPECT_EQ(msgs[0], "rank 0 (host n0): SLURM_NTASKS=4, but MPI_COMM_WORLD has 2 rank(s)");
-  EXPECT_EQ(msgs[1], "rank 0 (host n0): SLURM_STEP_TASKS_PER_NODE[0]=4, but MPI finds 2 rank(s) "
-                     "on its node");
+  EXPECT_EQ(msgs[1],
+            "rank 0 (host n0): SLURM_STEP_TASKS_PER_NODE[0]=4, but MPI finds 2 rank(s) "
+            "on its node");
 }
 
 TEST(LaunchEnv, LocalRankMismatchAgainstSharedMemorySplit) {
@@ -129,12 +130,15 @@ TEST(LaunchEnv, LocalRankMismatchAgainstSharedMemorySplit) {
   // MPI sees all four on one node (e.g. a hostfile naming one machine twice under two names).
   auto msgs = check_launch_consistency(envs, block_topology(4, 4));
   ASSERT_EQ(msgs.size(), 6u) << joined(msgs);
-  EXPECT_EQ(msgs[0], "rank 0 (host n0): OMPI_COMM_WORLD_LOCAL_SIZE=2, but MPI finds 4 rank(s) on "
-                     "its node");
-  EXPECT_EQ(msgs[1], "rank 1 (host n0): OMPI_COMM_WORLD_LOCAL_SIZE=2, but MPI finds 4 rank(s) on "
-                     "its node");
-  EXPECT_EQ(msgs[2], "rank 2 (host n0): OMPI_COMM_WORLD_LOCAL_RANK=0, but it is local rank 2 of 4 "
-                     "on its node by MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)");
+  EXPECT_EQ(msgs[0],
+            "rank 0 (host n0): OMPI_COMM_WORLD_LOCAL_SIZE=2, but MPI finds 4 rank(s) on "
+            "its node");
+  EXPECT_EQ(msgs[1],
+            "rank 1 (host n0): OMPI_COMM_WORLD_LOCAL_SIZE=2, but MPI finds 4 rank(s) on "
+            "its node");
+  EXPECT_EQ(msgs[2],
+            "rank 2 (host n0): OMPI_COMM_WORLD_LOCAL_RANK=0, but it is local rank 2 of 4 "
+            "on its node by MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)");
 }
 
 TEST(LaunchEnv, NodesComparedAsPartition) {
@@ -147,16 +151,18 @@ TEST(LaunchEnv, NodesComparedAsPartition) {
   for (int r = 0; r < 4; ++r) envs[r]["SLURM_NODEID"] = "0";
   auto msgs = check_launch_consistency(envs, block_topology(4, 2));
   ASSERT_EQ(msgs.size(), 2u) << joined(msgs);
-  EXPECT_EQ(msgs[0], "rank 2 (host n1): SLURM_NODEID=0 as rank 0 (host n0) has, but MPI puts them "
-                     "on different nodes (0 and 1)");
+  EXPECT_EQ(msgs[0],
+            "rank 2 (host n1): SLURM_NODEID=0 as rank 0 (host n0) has, but MPI puts them "
+            "on different nodes (0 and 1)");
 
   // One MPI node that Slurm splits in two.
   for (int r = 0; r < 4; ++r) envs[r]["SLURM_NODEID"] = std::to_string(r / 2);
   msgs = check_launch_consistency(envs, block_topology(4, 4));
   bool found = false;
   for (const auto& m : msgs)
-    found |= m == "rank 2 (host n0): SLURM_NODEID=1, but rank 0 (host n0), on the same node by "
-                  "MPI, has SLURM_NODEID=0";
+    found |= m ==
+             "rank 2 (host n0): SLURM_NODEID=1, but rank 0 (host n0), on the same node by "
+             "MPI, has SLURM_NODEID=0";
   EXPECT_TRUE(found) << joined(msgs);
   found = false;
   for (const auto& m : msgs)
@@ -174,8 +180,9 @@ TEST(LaunchEnv, MalformedValuesAreNamed) {
   envs = {srun_env(0, 1, 0, 0, 1, "1(x")};
   msgs = check_launch_consistency(envs, block_topology(1, 1));
   ASSERT_EQ(msgs.size(), 1u) << joined(msgs);
-  EXPECT_EQ(msgs[0], "rank 0 (host n0): SLURM_STEP_TASKS_PER_NODE='1(x' is not a Slurm task count "
-                     "list");
+  EXPECT_EQ(msgs[0],
+            "rank 0 (host n0): SLURM_STEP_TASKS_PER_NODE='1(x' is not a Slurm task count "
+            "list");
 }
 
 TEST(LaunchEnv, BatchShellWithoutSrunIsANote) {
