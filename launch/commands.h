@@ -16,4 +16,7 @@ int run_config_check(const std::string& config, const std::vector<std::string>& 
 // `dirmoe data prepare|inspect`; sets *exit_code when one of them ran.
 void register_data_commands(CLI::App& app, int* exit_code);
 
+// `dirmoe export hf`; sets *exit_code when it ran.
+void register_export_commands(CLI::App& app, int* exit_code);
+
 }  // namespace dirmoe
