@@ -56,6 +56,7 @@ class Trainer {
     rank_ = topo.rank;
     W_ = topo.world_size;
     validate_for_world(cfg_, W_);
+    install_stop_signal_handlers();
     const int ep = cfg_.parallel.ep;
     ep_comm_ = world_.split(rank_ / ep, rank_, "ep");
     replica_comm_ = world_.split(rank_ % ep, rank_, "expert-replica");
@@ -86,7 +87,6 @@ class Trainer {
     }
     flat_.resize(replicated_numel_);
     tokens_.resize(cfg_.train.micro_batch * (m.seq_len + 1));
-    install_stop_signal_handlers();
     fault_ = FaultPlan::from_env();
     std::vector<Buffer<T>*> mp, vp;
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -120,7 +120,7 @@ class Trainer {
              " on rank 0), global batch ", B * t.grad_accum * W_, " x ", S, " tokens, ",
              train_data_->num_samples(), " train / ", valid_data_->num_samples(),
              " held-out samples");
-    sum.initial_eval_loss = NAN;
+    sum.initial_eval_loss = sum.final_eval_loss = NAN;
     if (first == 0) {
       sum.initial_eval_loss = evaluate();
       log_info("eval  step ", 0, " | loss ", fixed(sum.initial_eval_loss, 4));
@@ -242,8 +242,8 @@ class Trainer {
     }
     sum.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     log_info("done: ", sum.steps_run - first, " steps in ", fixed(sum.seconds, 1), " s | eval loss ",
-             first == 0 ? fixed(sum.initial_eval_loss, 4) + " -> " : std::string(),
-             fixed(sum.final_eval_loss, 4));
+             first == 0 ? fixed(sum.initial_eval_loss, 4) : std::string("-"), " -> ",
+             std::isfinite(sum.final_eval_loss) ? fixed(sum.final_eval_loss, 4) : std::string("-"));
     return sum;
   }
 
