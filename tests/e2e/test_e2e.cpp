@@ -81,7 +81,7 @@ std::string small_job(int steps) {
   return " train --config " + src() + "/configs/tiny.yaml --set data.paths=[" + corpus() +
          "] --set model.seq_len=32 --set train.micro_batch=2 --set train.steps=" +
          std::to_string(steps) + " --set train.eval_interval=0 --set train.eval_batches=1" +
-         " --set train.log_interval=5";
+         " --set train.log_interval=5 --set checkpoint.at_end=false";
 }
 
 // np ranks with EP = ep (np / ep expert replicas) against one rank accumulating np micro-batches.
