@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -11,10 +12,8 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
-#include <yaml-cpp/yaml.h>
+#include <sstream>
 
 #include "experts/placement.h"
 #include "runtime/core/error.h"
@@ -48,10 +47,12 @@ bool run_only_key(const std::string& k) {
   return false;
 }
 
-void flatten(const YAML::Node& n, const std::string& prefix, std::map<std::string, std::string>& out) {
+void flatten(const YAML::Node& n, const std::string& prefix,
+             std::map<std::string, std::string>& out) {
   if (n.IsMap()) {
     for (const auto& kv : n)
-      flatten(kv.second, prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar(), out);
+      flatten(kv.second, prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar(),
+              out);
     return;
   }
   YAML::Emitter e;
@@ -73,8 +74,8 @@ void fsync_path(const std::string& path, bool directory) {
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);
-  DIRMOE_CHECK(rc == 0 || err == EINVAL || err == EROFS, "cannot fsync '", path, "': ",
-               std::strerror(err));
+  DIRMOE_CHECK(rc == 0 || err == EINVAL || err == EROFS, "cannot fsync '", path,
+               "': ", std::strerror(err));
 }
 
 void write_synced(const std::string& path, const std::string& text) {
@@ -111,7 +112,9 @@ json read_json(const std::string& path) {
   return j;
 }
 
-std::string expert_file(int ep_rank) { return "experts-ep" + std::to_string(ep_rank) + ".safetensors"; }
+std::string expert_file(int ep_rank) {
+  return "experts-ep" + std::to_string(ep_rank) + ".safetensors";
+}
 std::string moment_name(const char* which, const std::string& name) {
   return std::string("optimizer.") + which + "." + name;
 }
@@ -159,7 +162,8 @@ std::vector<std::string> list_checkpoints(const std::string& root) {
   std::error_code ec;
   for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
     int64_t s = step_of(it->path().filename().string());
-    if (s >= 0 && fs::exists(it->path() / kManifestFile)) found.emplace_back(s, it->path().string());
+    if (s >= 0 && fs::exists(it->path() / kManifestFile))
+      found.emplace_back(s, it->path().string());
   }
   std::sort(found.begin(), found.end(), std::greater<>());
   std::vector<std::string> out;
@@ -189,8 +193,13 @@ template <class T>
 Checkpointer<T>::Checkpointer(const Config& cfg, Communicator& world, Communicator& ep_comm,
                               int replica, std::vector<Parameter<T>*> params,
                               std::vector<Buffer<T>*> m, std::vector<Buffer<T>*> v)
-    : cfg_(cfg), world_(world), ep_comm_(ep_comm), replica_(replica), params_(std::move(params)),
-      m_(std::move(m)), v_(std::move(v)) {
+    : cfg_(cfg),
+      world_(world),
+      ep_comm_(ep_comm),
+      replica_(replica),
+      params_(std::move(params)),
+      m_(std::move(m)),
+      v_(std::move(v)) {
   DIRMOE_CHECK(m_.size() == params_.size() && v_.size() == params_.size(),
                "checkpointer: moments do not match the parameters");
 }
@@ -270,32 +279,36 @@ std::string Checkpointer<T>::save(const TrainerState& state) {
       // Which EP rank's file holds which global expert (the placement that wrote it).
       json experts = json::object();
       const int ep = cfg_.parallel.ep;
-      Placement placement = cfg_.parallel.placement.empty()
-                                ? Placement::contiguous(cfg_.moe.num_experts, ep)
-                                : Placement::explicit_lists(cfg_.moe.num_experts, cfg_.parallel.placement);
+      Placement placement =
+          cfg_.parallel.placement.empty()
+              ? Placement::contiguous(cfg_.moe.num_experts, ep)
+              : Placement::explicit_lists(cfg_.moe.num_experts, cfg_.parallel.placement);
       for (int r = 0; r < ep; ++r) experts[expert_file(r)] = placement.local_experts(r);
-      json st = {{"format", "dirmoe-checkpoint"},
-                 {"version", kFormatVersion},
-                 {"step", state.step},
-                 {"next_sample", state.next_sample},
-                 {"global_batch", state.global_batch},
-                 {"seed", state.seed},
-                 {"philox", {{"key", state.seed}, {"counters", "(step, layer, global token, expert)"}}},
-                 {"lr", state.lr},
-                 {"consecutive_nonfinite", state.consecutive_nonfinite},
-                 {"dtype", cfg_.model.dtype},
-                 {"ep", ep},
-                 {"world_size", world_.size()},
-                 {"config_hash", config_hash(cfg_)},
-                 {"config", flat_config(cfg_)},
-                 {"config_yaml", to_yaml(cfg_)},
-                 {"expert_files", experts}};
+      json st = {
+          {"format", "dirmoe-checkpoint"},
+          {"version", kFormatVersion},
+          {"step", state.step},
+          {"next_sample", state.next_sample},
+          {"global_batch", state.global_batch},
+          {"seed", state.seed},
+          {"philox", {{"key", state.seed}, {"counters", "(step, layer, global token, expert)"}}},
+          {"lr", state.lr},
+          {"consecutive_nonfinite", state.consecutive_nonfinite},
+          {"dtype", cfg_.model.dtype},
+          {"ep", ep},
+          {"world_size", world_.size()},
+          {"config_hash", config_hash(cfg_)},
+          {"config", flat_config(cfg_)},
+          {"config_yaml", to_yaml(cfg_)},
+          {"expert_files", experts}};
       write_synced((tmp / kStateFile).string(), st.dump(2) + "\n");
       json files = json::object();
       for (const auto& entry : fs::directory_iterator(tmp))
         files[entry.path().filename().string()] = {{"bytes", fs::file_size(entry.path())}};
-      json manifest = {{"format", "dirmoe-checkpoint"}, {"version", kFormatVersion},
-                       {"step", state.step}, {"files", files}};
+      json manifest = {{"format", "dirmoe-checkpoint"},
+                       {"version", kFormatVersion},
+                       {"step", state.step},
+                       {"files", files}};
       write_synced((tmp / kManifestFile).string(), manifest.dump(2) + "\n");
       fsync_path(tmp.string(), true);
       std::error_code ec;
@@ -303,11 +316,12 @@ std::string Checkpointer<T>::save(const TrainerState& state) {
       if (fs::exists(final_dir)) {
         fs::remove_all(old, ec);
         fs::rename(final_dir, old, ec);
-        DIRMOE_CHECK(!ec, "cannot move the existing '", final_dir.string(), "' aside: ", ec.message());
+        DIRMOE_CHECK(!ec, "cannot move the existing '", final_dir.string(),
+                     "' aside: ", ec.message());
       }
       fs::rename(tmp, final_dir, ec);
-      DIRMOE_CHECK(!ec, "cannot rename '", tmp.string(), "' to '", final_dir.string(), "': ",
-                   ec.message());
+      DIRMOE_CHECK(!ec, "cannot rename '", tmp.string(), "' to '", final_dir.string(),
+                   "': ", ec.message());
       fsync_path(root.string(), true);
       fs::remove_all(old, ec);
       write_synced((root / "latest.tmp").string(), name + "\n");
@@ -348,8 +362,8 @@ TrainerState Checkpointer<T>::load_local(const std::string& dir) {
                "': no config recorded");
   for (const char* k : kModelKeys) {
     std::string was = st["config"].value(k, std::string("<absent>"));
-    DIRMOE_CHECK(was == now[k], "'", state_path, "' was written for a different model: ", k,
-                 " = ", was, " in the checkpoint, ", now[k], " now");
+    DIRMOE_CHECK(was == now[k], "'", state_path, "' was written for a different model: ", k, " = ",
+                 was, " in the checkpoint, ", now[k], " now");
   }
   TrainerState s;
   s.step = st.value("step", int64_t{-1});
@@ -361,9 +375,10 @@ TrainerState Checkpointer<T>::load_local(const std::string& dir) {
   DIRMOE_CHECK(s.step >= 0 && s.next_sample >= 0, "'", state_path, "': no valid step");
   const int64_t gb = cfg_.train.micro_batch * cfg_.train.grad_accum * world_.size();
   DIRMOE_CHECK(s.global_batch == gb, "'", state_path, "': the checkpoint was trained with ",
-               s.global_batch, " sequences per step; train.micro_batch x train.grad_accum x ranks = ",
-               cfg_.train.micro_batch, " x ", cfg_.train.grad_accum, " x ", world_.size(), " = ", gb,
-               " now: keep the global batch (change grad_accum with the number of ranks)");
+               s.global_batch,
+               " sequences per step; train.micro_batch x train.grad_accum x ranks = ",
+               cfg_.train.micro_batch, " x ", cfg_.train.grad_accum, " x ", world_.size(), " = ",
+               gb, " now: keep the global batch (change grad_accum with the number of ranks)");
   if (st.value("config_hash", "") != config_hash(cfg_)) {
     std::string changed;
     for (const auto& [k, v] : now) {
@@ -438,7 +453,8 @@ TrainerState Checkpointer<T>::load(const std::string& dir) {
 }
 
 template <class T>
-bool Checkpointer<T>::resume(const std::string& spec, TrainerState* state, std::string* loaded_from) {
+bool Checkpointer<T>::resume(const std::string& spec, TrainerState* state,
+                             std::string* loaded_from) {
   std::vector<std::string> candidates;
   bool fallback = false;
   if (spec == "auto" || (fs::is_directory(spec) && !fs::exists(fs::path(spec) / kManifestFile) &&

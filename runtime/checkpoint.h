@@ -3,9 +3,9 @@
 // of the first expert replica: its experts under their GLOBAL names, with moments),
 // trainer_state.json (step, data cursor, seed, schedule values, config hash, which file holds which
 // expert) and manifest.json (file sizes and CRC-32s, written last). A checkpoint is written into
-// step_<N>.tmp/, every file fsynced, renamed, the parent fsynced, then the `latest` pointer replaced;
-// the newest `keep` are kept. Loading re-shards: each rank reads the experts it owns now from
-// whichever file holds them, so the EP size may differ from the one that wrote the checkpoint.
+// step_<N>.tmp/, every file fsynced, renamed, the parent fsynced, then the `latest` pointer
+// replaced; the newest `keep` are kept. Loading re-shards: each rank reads the experts it owns now
+// from whichever file holds them, so the EP size may differ from the one that wrote the checkpoint.
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // Mixtral export (see hf_export.h). Name map, dirmoe -> transformers:
 //   embed -> model.embed_tokens.weight              final_norm -> model.norm.weight
-//   lm_head -> lm_head.weight                       layers.{i}.attn_norm -> ...input_layernorm.weight
-//   layers.{i}.attn.w{q,k,v,o} -> ...self_attn.{q,k,v,o}_proj.weight
+//   lm_head -> lm_head.weight                       layers.{i}.attn_norm ->
+//   ...input_layernorm.weight layers.{i}.attn.w{q,k,v,o} -> ...self_attn.{q,k,v,o}_proj.weight
 //   layers.{i}.ffn_norm -> ...post_attention_layernorm.weight
 //   layers.{i}.moe.router.weight -> ...block_sparse_moe.gate.weight [E, H]
 //   layers.{i}.moe.experts.{e}.w{1,2,3} -> ...block_sparse_moe.experts.{e}.w{1,2,3}.weight
@@ -14,9 +14,8 @@
 #include <fstream>
 #include <map>
 #include <memory>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "runtime/checkpoint.h"
 #include "runtime/core/error.h"
@@ -50,11 +49,13 @@ void check_mixtral_compatible(const Config& cfg) {
   DIRMOE_CHECK(r.type == "topk", "export hf: moe.router.type = ", r.type,
                " cannot be expressed as Mixtral, whose router is a softmax top-k with renormalised "
                "weights; only topk routers can be exported");
-  DIRMOE_CHECK(r.renormalize, "export hf: moe.router.renormalize = false, but Mixtral renormalises "
+  DIRMOE_CHECK(r.renormalize,
+               "export hf: moe.router.renormalize = false, but Mixtral renormalises "
                "its top-k weights to sum to 1; the exported model would compute different outputs. "
                "Only models trained with moe.router.renormalize: true can be exported");
-  DIRMOE_CHECK(cfg.moe.capacity_factor <= 0, "export hf: moe.capacity_factor = ",
-               cfg.moe.capacity_factor, " drops tokens, which Mixtral never does");
+  DIRMOE_CHECK(cfg.moe.capacity_factor <= 0,
+               "export hf: moe.capacity_factor = ", cfg.moe.capacity_factor,
+               " drops tokens, which Mixtral never does");
 }
 
 HfExportSummary export_hf_mixtral(const std::string& checkpoint_dir, const std::string& out_dir,
@@ -62,8 +63,9 @@ HfExportSummary export_hf_mixtral(const std::string& checkpoint_dir, const std::
   std::string dir = checkpoint_dir;
   if (!fs::exists(fs::path(dir) / "manifest.json")) {
     auto all = list_checkpoints(dir);
-    DIRMOE_CHECK(!all.empty(), "export hf: '", dir,
-                 "' is neither a checkpoint (step_<N>/ with manifest.json) nor a directory of them");
+    DIRMOE_CHECK(
+        !all.empty(), "export hf: '", dir,
+        "' is neither a checkpoint (step_<N>/ with manifest.json) nor a directory of them");
     dir = all.front();
   }
   const std::string state_path = (fs::path(dir) / "trainer_state.json").string();
@@ -82,7 +84,8 @@ HfExportSummary export_hf_mixtral(const std::string& checkpoint_dir, const std::
   const std::string rep = "replicated.safetensors";
   std::vector<Source> src = {{"model.embed_tokens.weight", rep, "embed"}};
   for (int l = 0; l < L; ++l) {
-    const std::string d = "layers." + std::to_string(l) + ".", h = "model.layers." + std::to_string(l) + ".";
+    const std::string d = "layers." + std::to_string(l) + ".",
+                      h = "model.layers." + std::to_string(l) + ".";
     src.push_back({h + "input_layernorm.weight", rep, d + "attn_norm"});
     for (const char* p : {"q", "k", "v", "o"})
       src.push_back({h + "self_attn." + p + "_proj.weight", rep, d + "attn.w" + p});

@@ -10,7 +10,6 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
-
 #include <nlohmann/json.hpp>
 
 #include "runtime/core/error.h"
@@ -61,14 +60,22 @@ struct Fd {
 
 std::string dtype_code(DType t) {
   switch (t) {
-    case DType::kF32: return "F32";
-    case DType::kF64: return "F64";
-    case DType::kBF16: return "BF16";
-    case DType::kF16: return "F16";
-    case DType::kI32: return "I32";
-    case DType::kI64: return "I64";
-    case DType::kU16: return "U16";
-    case DType::kU8: return "U8";
+    case DType::kF32:
+      return "F32";
+    case DType::kF64:
+      return "F64";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kF16:
+      return "F16";
+    case DType::kI32:
+      return "I32";
+    case DType::kI64:
+      return "I64";
+    case DType::kU16:
+      return "U16";
+    case DType::kU8:
+      return "U8";
   }
   DIRMOE_FAIL("dtype has no safetensors code");
 }
@@ -108,9 +115,8 @@ void Writer::write(const std::string& path) const {
   uint64_t off = 0;
   for (const auto& e : entries_) {
     uint64_t bytes = static_cast<uint64_t>(numel(e.shape)) * dtype_size(e.dtype);
-    header[e.name] = {{"dtype", dtype_code(e.dtype)},
-                      {"shape", e.shape},
-                      {"data_offsets", {off, off + bytes}}};
+    header[e.name] = {
+        {"dtype", dtype_code(e.dtype)}, {"shape", e.shape}, {"data_offsets", {off, off + bytes}}};
     char hex[16];
     std::snprintf(hex, sizeof hex, "%08x", crc32(e.data, bytes));
     meta["crc32." + e.name] = hex;
@@ -167,9 +173,9 @@ std::vector<TensorInfo> parse_header(const char* json, size_t header_len, uint64
       continue;
     }
     const std::string where = "'" + path + "': tensor '" + name + "'";
-    DIRMOE_CHECK(v.is_object() && v.contains("dtype") && v.contains("shape") &&
-                     v.contains("data_offsets"),
-                 where, ": needs dtype, shape and data_offsets");
+    DIRMOE_CHECK(
+        v.is_object() && v.contains("dtype") && v.contains("shape") && v.contains("data_offsets"),
+        where, ": needs dtype, shape and data_offsets");
     DIRMOE_CHECK(v["dtype"].is_string(), where, ": dtype is not a string");
     TensorInfo t;
     t.name = name;
@@ -190,18 +196,17 @@ std::vector<TensorInfo> parse_header(const char* json, size_t header_len, uint64
       t.shape.push_back(static_cast<int64_t>(d));
     }
     const auto& o = v["data_offsets"];
-    DIRMOE_CHECK(o.is_array() && o.size() == 2 && o[0].is_number_unsigned() &&
-                     o[1].is_number_unsigned(),
-                 where, ": data_offsets must be [begin, end] with non-negative integers");
+    DIRMOE_CHECK(
+        o.is_array() && o.size() == 2 && o[0].is_number_unsigned() && o[1].is_number_unsigned(),
+        where, ": data_offsets must be [begin, end] with non-negative integers");
     t.begin = o[0].get<uint64_t>();
     t.end = o[1].get<uint64_t>();
     DIRMOE_CHECK(t.begin <= t.end && t.end <= data_size, where, ": data_offsets [", t.begin, ", ",
                  t.end, ") lie outside the ", data_size, "-byte data section (truncated?)");
-    DIRMOE_CHECK(n <= std::numeric_limits<uint64_t>::max() / 8 &&
-                     t.end - t.begin == n * dtype_size(t.dtype),
-                 where, ": data_offsets span ", t.end - t.begin, " bytes but shape ",
-                 shape_str(t.shape), " of ", v["dtype"].get<std::string>(), " needs ",
-                 n * dtype_size(t.dtype));
+    DIRMOE_CHECK(
+        n <= std::numeric_limits<uint64_t>::max() / 8 && t.end - t.begin == n * dtype_size(t.dtype),
+        where, ": data_offsets span ", t.end - t.begin, " bytes but shape ", shape_str(t.shape),
+        " of ", v["dtype"].get<std::string>(), " needs ", n * dtype_size(t.dtype));
     out.push_back(std::move(t));
   }
   // The data section is covered exactly, without holes or overlaps.

@@ -114,6 +114,7 @@ class Trainer {
         log_info("resumed from ", from, " at step ", first);
       }
     }
+    sum.steps_run = first;
     if (rank_ == 0) open_run_dir(first);
     log_info("dirmoe: ", W_, " rank(s), ep ", cfg_.parallel.ep, ", ", cfg_.moe.num_experts,
              " experts (", placement_.local_experts(ep_comm_->rank()).size(),
@@ -241,9 +242,9 @@ class Trainer {
       if (checkpoint_after(step + 1, last, lr, watchdog)) break;
     }
     sum.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    auto ev = [](double v) { return std::isfinite(v) ? fixed(v, 4) : std::string("-"); };
     log_info("done: ", sum.steps_run - first, " steps in ", fixed(sum.seconds, 1), " s | eval loss ",
-             first == 0 ? fixed(sum.initial_eval_loss, 4) : std::string("-"), " -> ",
-             std::isfinite(sum.final_eval_loss) ? fixed(sum.final_eval_loss, 4) : std::string("-"));
+             ev(sum.initial_eval_loss), " -> ", ev(sum.final_eval_loss));
     return sum;
   }
 
@@ -283,8 +284,8 @@ class Trainer {
       st.consecutive_nonfinite = nonfinite_;
       auto t0 = Clock::now();
       std::string path = ckpt_->save(st);
-      log_info("checkpoint: ", path, " (", fixed(std::chrono::duration<double>(Clock::now() - t0).count(), 2),
-               " s)");
+      double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      log_info("checkpoint: ", path, " (", fixed(secs, 2), " s)");
       watchdog.beat(s1, "after checkpoint");
     }
     if (sig != 0)
@@ -316,8 +317,11 @@ class Trainer {
                       static_cast<int64_t>(pass == 0 ? i : params_.size() - i);
         if (key < best) {
           best = key;
+          std::string where = layer == 0       ? "embedding"
+                              : layer == L + 1 ? "output head"
+                                               : "layer " + std::to_string(layer - 1);
           what = std::string(pass == 0 ? "parameter " : "gradient of ") + p->name + " (" +
-                 (layer == 0 ? "embedding" : layer == L + 1 ? "output head" : "layer " + std::to_string(layer - 1)) + ")";
+                 where + ")";
         }
       }
     struct {
@@ -398,7 +402,7 @@ class Trainer {
     }
   }
 
-  // On a resume (first > 0) metrics.jsonl keeps its records up to step `first` and grows from there.
+  // On a resume (first > 0) metrics.jsonl keeps its records up to step `first`, then grows.
   void open_run_dir(int64_t first) {
     fs::path dir(cfg_.output.run_dir);
     std::error_code ec;

@@ -1,7 +1,7 @@
 // End-to-end checkpoint and fault tests of the `dirmoe` executable under mpiexec: exact resume
 // (bit for bit) on EP=1 and EP=2; re-sharding EP=2 -> EP=4 and -> EP=1; SIGUSR1 stops with a
-// checkpoint; a rank killed by SIGKILL or hung ends the job in time naming the rank, and resume goes
-// on; a full or unwritable checkpoint directory leaves the previous checkpoint untouched; a
+// checkpoint; a rank killed by SIGKILL or hung ends the job in time naming the rank, and resume
+// goes on; a full or unwritable checkpoint directory leaves the previous checkpoint untouched; a
 // corrupted newest checkpoint makes --resume auto fall back; non-finite steps are skipped, located
 // and, too many in a row, end the run.
 #include <gtest/gtest.h>
@@ -15,12 +15,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -40,9 +39,10 @@ struct Proc {
 
 // Runs a shell command with a hard time limit; stdout+stderr captured.
 Proc sh(const std::string& cmd, int timeout_s = 120) {
-  fs::path log = fs::temp_directory_path() / ("dirmoe_e2e_ck_" + std::to_string(::getpid()) + ".log");
-  std::string full = "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " +
-                     log.string() + " 2>&1";
+  fs::path log =
+      fs::temp_directory_path() / ("dirmoe_e2e_ck_" + std::to_string(::getpid()) + ".log");
+  std::string full =
+      "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " + log.string() + " 2>&1";
   auto t0 = Clock::now();
   int rc = std::system(full.c_str());
   Proc r;
@@ -106,10 +106,12 @@ void require_corpus() {
 void exact_resume(int np) {
   require_corpus();
   const std::string ep = " --set parallel.ep=" + std::to_string(np);
-  fs::path full = work_dir("full_ep" + std::to_string(np)), part = work_dir("part_ep" + std::to_string(np));
+  fs::path full = work_dir("full_ep" + std::to_string(np)),
+           part = work_dir("part_ep" + std::to_string(np));
   Proc a = sh(mpiexec(np) + bin() + job(6, ep) + " --run-dir " + full.string());
   ASSERT_EQ(a.code, 0) << a.output;
-  Proc b = sh(mpiexec(np) + bin() + job(6, ep + " --set train.stop_at=3") + " --run-dir " + part.string());
+  Proc b = sh(mpiexec(np) + bin() + job(6, ep + " --set train.stop_at=3") + " --run-dir " +
+              part.string());
   ASSERT_EQ(b.code, 0) << b.output;
   ASSERT_EQ(step_losses(part).size(), 3u);
   EXPECT_TRUE(fs::exists(part / "checkpoints" / "step_3" / "manifest.json"));
@@ -125,9 +127,10 @@ void exact_resume(int np) {
     EXPECT_EQ(la[s], lb[s]) << "step " << s;  // bit for bit
     equal += la[s] == lb[s];
   }
-  std::printf("EP=%d on %d rank(s): stopped at step 3 and resumed: %d/6 per-step losses bit-identical "
-              "to the uninterrupted run (step 6: %.17g vs %.17g)\n",
-              np, np, equal, lb[6], la[6]);
+  std::printf(
+      "EP=%d on %d rank(s): stopped at step 3 and resumed: %d/6 per-step losses bit-identical "
+      "to the uninterrupted run (step 6: %.17g vs %.17g)\n",
+      np, np, equal, lb[6], la[6]);
 }
 
 TEST(Resume, ExactOnOneRank) { exact_resume(1); }
@@ -147,16 +150,18 @@ TEST(Resume, ReshardingEp2ToEp4AndEp1GivesTheSameNextStepLoss) {
   r = sh(mpiexec(4) + bin() + job(4, " --set parallel.ep=4 --set checkpoint.at_end=false") +
          " --resume " + ck + " --run-dir " + b.string());
   ASSERT_EQ(r.code, 0) << r.output;
-  r = sh(mpiexec(1) + bin() + job(4, " --set parallel.ep=1 --set train.grad_accum=4 --set checkpoint.at_end=false") +
+  r = sh(mpiexec(1) + bin() +
+         job(4, " --set parallel.ep=1 --set train.grad_accum=4 --set checkpoint.at_end=false") +
          " --resume " + ck + " --run-dir " + c.string());
   ASSERT_EQ(r.code, 0) << r.output;
   const double ref = step_losses(a).at(4);
   const double l4 = step_losses(b).at(4), l1 = step_losses(c).at(4);
   EXPECT_LE(std::abs(l4 - ref) / ref, 1e-6) << l4 << " vs " << ref;
   EXPECT_LE(std::abs(l1 - ref) / ref, 1e-6) << l1 << " vs " << ref;
-  std::printf("step 4 after the EP=2 checkpoint of step 3: EP=2 %.10f | EP=4 %.10f (rel %.2e) | EP=1 "
-              "%.10f (rel %.2e)\n",
-              ref, l4, std::abs(l4 - ref) / ref, l1, std::abs(l1 - ref) / ref);
+  std::printf(
+      "step 4 after the EP=2 checkpoint of step 3: EP=2 %.10f | EP=4 %.10f (rel %.2e) | EP=1 "
+      "%.10f (rel %.2e)\n",
+      ref, l4, std::abs(l4 - ref) / ref, l1, std::abs(l1 - ref) / ref);
 }
 
 TEST(Signals, Sigusr1StopsAfterTheStepWithACheckpoint) {
@@ -196,13 +201,16 @@ TEST(Faults, KilledRankEndsTheJobNamingItAndResumeGoesOn) {
   require_corpus();
   fs::path dir = work_dir("sigkill");
   const std::string base = " --set checkpoint.interval=2 --set train.watchdog_s=30";
-  Proc r = sh("env DIRMOE_FAULT=kill:1:5 " + mpiexec(2) + bin() + job(8, base) + " --run-dir " + dir.string(), 90);
+  Proc r = sh("env DIRMOE_FAULT=kill:1:5 " + mpiexec(2) + bin() + job(8, base) + " --run-dir " +
+                  dir.string(),
+              90);
   // mpirun itself exits 137 (its rank's signal); the test's limit is 90 s.
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_LT(r.seconds, 60.0) << "hit the time limit: " << r.output;
   EXPECT_TRUE(has(r, "process rank 1")) << r.output;  // mpirun names the lost rank
   EXPECT_TRUE(has(r, "exited on signal 9")) << r.output;
-  std::printf("rank 1 killed in step 5: job ended in %.1f s with exit code %d\n", r.seconds, r.code);
+  std::printf("rank 1 killed in step 5: job ended in %.1f s with exit code %d\n", r.seconds,
+              r.code);
   const fs::path ck = dir / "checkpoints";
   EXPECT_TRUE(fs::exists(ck / "step_4" / "manifest.json"));
   EXPECT_FALSE(fs::exists(ck / "step_6"));
@@ -217,8 +225,9 @@ TEST(Faults, KilledRankEndsTheJobNamingItAndResumeGoesOn) {
 TEST(Faults, HungRankEndsTheJobWithinTheWatchdogTimeout) {
   require_corpus();
   fs::path dir = work_dir("hang");
-  Proc r = sh("env DIRMOE_FAULT=hang:1:3 " + mpiexec(2) + bin() + job(6, " --set train.watchdog_s=4") +
-                  " --run-dir " + dir.string(), 90);
+  Proc r = sh("env DIRMOE_FAULT=hang:1:3 " + mpiexec(2) + bin() +
+                  job(6, " --set train.watchdog_s=4") + " --run-dir " + dir.string(),
+              90);
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.code, 137) << "hit the test's time limit: " << r.output;
   EXPECT_TRUE(has(r, "watchdog: step 3 (training step) made no progress")) << r.output;
@@ -294,7 +303,8 @@ TEST(Faults, UnwritableCheckpointDirectoryLeavesThePreviousOneUntouched) {
 TEST(Faults, CorruptedNewestCheckpointMakesAutoFallBack) {
   require_corpus();
   fs::path dir = work_dir("corrupt");
-  Proc r = sh(mpiexec(2) + bin() + job(4, " --set checkpoint.interval=2") + " --run-dir " + dir.string());
+  Proc r = sh(mpiexec(2) + bin() + job(4, " --set checkpoint.interval=2") + " --run-dir " +
+              dir.string());
   ASSERT_EQ(r.code, 0) << r.output;
   const fs::path bad = dir / "checkpoints" / "step_4" / "experts-ep1.safetensors";
   fs::resize_file(bad, fs::file_size(bad) / 2);
@@ -333,11 +343,14 @@ TEST(Faults, NonFiniteStepIsSkippedLocatedAndLimited) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.code, 137) << r.output;
   EXPECT_TRUE(has(r, "gradient of layers.1.moe.experts.6.w2 (layer 1)")) << r.output;
-  EXPECT_TRUE(has(r, "step 3: 2 non-finite steps in a row (train.max_nonfinite_steps = 2)")) << r.output;
+  EXPECT_TRUE(has(r, "step 3: 2 non-finite steps in a row (train.max_nonfinite_steps = 2)"))
+      << r.output;
 }
 
 TEST(BadInput, MalformedFaultVariableIsRefused) {
-  Proc r = sh("env DIRMOE_FAULT=kill:x:1 " + bin() + job(2, " --set parallel.ep=1") + " --run-dir " + work_dir("badfault").string(), 60);
+  Proc r = sh("env DIRMOE_FAULT=kill:x:1 " + bin() + job(2, " --set parallel.ep=1") +
+                  " --run-dir " + work_dir("badfault").string(),
+              60);
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(has(r, "DIRMOE_FAULT='kill:x:1'")) << r.output;
 }

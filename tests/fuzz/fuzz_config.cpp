@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     size_t start = 0;
     while (start <= rest.size() && overrides.size() < 8) {
       size_t nl = rest.find('\n', start);
-      overrides.push_back(rest.substr(start, nl == std::string::npos ? std::string::npos : nl - start));
+      overrides.push_back(
+          rest.substr(start, nl == std::string::npos ? std::string::npos : nl - start));
       if (nl == std::string::npos) break;
       start = nl + 1;
     }

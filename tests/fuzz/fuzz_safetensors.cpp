@@ -1,6 +1,7 @@
-// libFuzzer target: the checkpoint reader (safetensors) on arbitrary files, raw, as a valid
-// length prefix around a fuzzed JSON header, or as a header alone; every tensor the header admits is read (checksums
-// and bounds included). Only dirmoe::Error may come out; crashes and sanitizer reports are findings.
+// libFuzzer target: the checkpoint reader (safetensors) on arbitrary files, raw, as a valid length
+// prefix around a fuzzed JSON header, or as a header alone; every tensor the header admits is read
+// (checksums and bounds included). Only dirmoe::Error may come out; crashes and sanitizer reports
+// are findings.
 #include <cstdint>
 #include <cstring>
 #include <map>

@@ -3,8 +3,10 @@
 a machine with PyTorch and transformers (the figure the numpy reference stands in for elsewhere).
 
 usage: hf_mixtral_transformers.py MODEL_DIR TOKENS.bin LOGITS.bin B S [--tol 1e-3] [--device cuda]
-  TOKENS.bin int32 [B, S] and LOGITS.bin float32 [B, S, vocab] as written by test_checkpoint
-  (DIRMOE_KEEP_EXPORT=DIR keeps them) or any dirmoe forward.
+  TOKENS.bin int32 [B, S] and LOGITS.bin float32 [B, S, vocab]: test_checkpoint leaves the export
+  and both files in build/tests/runtime/ckpt_np1/hf/mixtral/ (B=2, S=6), e.g.
+    d=build/tests/runtime/ckpt_np1/hf/mixtral
+    python3 tests/runtime/hf_mixtral_transformers.py $d $d/tokens.bin $d/logits.bin 2 6
 """
 import sys
 

@@ -1,8 +1,9 @@
 // Checkpoints on 1 and 2 ranks: a save/load round trip restores every weight and AdamW moment bit
-// for bit; loading with another EP size re-shards the experts (each matches the sharding-independent
-// initialisation); truncated, corrupted, mis-shaped and foreign checkpoints are refused naming the
-// file and the tensor or key, and resume "auto" falls back to the previous one; the Mixtral export
-// gives the logits of an independent numpy implementation of transformers' Mixtral forward.
+// for bit; loading with another EP size re-shards the experts (each matches the
+// sharding-independent initialisation); truncated, corrupted, mis-shaped and foreign checkpoints
+// are refused naming the file and the tensor or key, and resume "auto" falls back to the previous
+// one; the Mixtral export gives the logits of an independent numpy implementation of transformers'
+// Mixtral forward.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -11,11 +12,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "comm/mpi_communicator.h"
 #include "runtime/checkpoint.h"
@@ -163,7 +163,8 @@ TEST(Checkpoint, RoundTripRestoresWeightsAndMomentsExactly) {
   for (size_t i = 0; i < a.params.size(); ++i) {
     ASSERT_EQ(a.params[i]->name, b.params[i]->name);
     for (int64_t j = 0; j < a.params[i]->numel(); ++j) {
-      ASSERT_EQ(a.params[i]->value[j], b.params[i]->value[j]) << a.params[i]->name << "[" << j << "]";
+      ASSERT_EQ(a.params[i]->value[j], b.params[i]->value[j])
+          << a.params[i]->name << "[" << j << "]";
       ASSERT_EQ(a.m[i][j], b.m[i][j]) << a.params[i]->name;
       ASSERT_EQ(a.v[i][j], b.v[i][j]) << a.params[i]->name;
     }
@@ -174,8 +175,9 @@ TEST(Checkpoint, RoundTripRestoresWeightsAndMomentsExactly) {
     std::string target;
     std::getline(latest, target);
     EXPECT_EQ(target, "step_7");
-    safetensors::Reader r((fs::path(path) / ("experts-ep" + std::to_string(world_size() - 1) +
-                                            ".safetensors")).string());
+    safetensors::Reader r(
+        (fs::path(path) / ("experts-ep" + std::to_string(world_size() - 1) + ".safetensors"))
+            .string());
     const int E = 4, last_first = E - E / world_size();
     EXPECT_NE(r.find("layers.1.moe.experts." + std::to_string(last_first) + ".w2"), nullptr);
     EXPECT_NE(r.find("optimizer.exp_avg_sq.layers.1.moe.experts." + std::to_string(E - 1) + ".w3"),
@@ -230,7 +232,8 @@ TEST(Checkpoint, DamagedCheckpointsAreRefusedAndAutoFallsBack) {
   Rig b(small_config(world_size(), dir), 9);
   std::string e = error_of([&] { b.ckpt->load(s4.string()); });
   EXPECT_NE(e.find(experts.string()), std::string::npos) << e;
-  EXPECT_NE(e.find("tensor 'optimizer.exp_avg_sq.layers.1.moe.experts.3.w3'"), std::string::npos) << e;
+  EXPECT_NE(e.find("tensor 'optimizer.exp_avg_sq.layers.1.moe.experts.3.w3'"), std::string::npos)
+      << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
 
   // resume auto: refuses step_4, loads step_2.
@@ -248,7 +251,8 @@ TEST(Checkpoint, DamagedCheckpointsAreRefusedAndAutoFallsBack) {
   on_rank0([&] { flip_byte(s6 / "replicated.safetensors", 1); });
   e = error_of([&] { b.ckpt->load(s6.string()); });
   EXPECT_NE(e.find((s6 / "replicated.safetensors").string()), std::string::npos) << e;
-  EXPECT_NE(e.find("tensor 'optimizer.exp_avg_sq.lm_head' fails its checksum"), std::string::npos) << e;
+  EXPECT_NE(e.find("tensor 'optimizer.exp_avg_sq.lm_head' fails its checksum"), std::string::npos)
+      << e;
 
   // Wrong shape: rank 0 rewrites the replicated file with layers.0.attn.wk transposed.
   const fs::path s8 = a.ckpt->save(a.state(8));
@@ -267,19 +271,23 @@ TEST(Checkpoint, DamagedCheckpointsAreRefusedAndAutoFallsBack) {
   });
   e = error_of([&] { b.ckpt->load(s8.string()); });
   EXPECT_NE(e.find((s8 / "replicated.safetensors").string()), std::string::npos) << e;
-  EXPECT_NE(e.find("tensor 'layers.0.attn.wk' has shape [16,8], expected [8,16]"), std::string::npos) << e;
+  EXPECT_NE(e.find("tensor 'layers.0.attn.wk' has shape [16,8], expected [8,16]"),
+            std::string::npos)
+      << e;
 
   // A different model: refused naming trainer_state.json and the key.
   Config changed = small_config(world_size(), dir);
   changed.model.ffn_hidden = 10;
   Rig other(changed, 5);
   e = error_of([&] { other.ckpt->load((fs::path(dir) / "step_2").string()); });
-  EXPECT_NE(e.find((fs::path(dir) / "step_2" / "trainer_state.json").string()), std::string::npos) << e;
+  EXPECT_NE(e.find((fs::path(dir) / "step_2" / "trainer_state.json").string()), std::string::npos)
+      << e;
   EXPECT_NE(e.find("model.ffn_hidden = 12 in the checkpoint, 10 now"), std::string::npos) << e;
 }
 
 void write_raw(const fs::path& p, const void* data, size_t bytes) {
-  std::ofstream(p, std::ios::binary).write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  std::ofstream(p, std::ios::binary)
+      .write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
 }
 
 TEST(HfExport, MixtralCheckpointGivesTheReferenceLogits) {
@@ -321,12 +329,13 @@ TEST(HfExport, MixtralCheckpointGivesTheReferenceLogits) {
     inputs.insert(inputs.end(), tokens.begin() + b * (S + 1), tokens.begin() + b * (S + 1) + S);
   write_raw(out / "tokens.bin", inputs.data(), inputs.size() * 4);
   write_raw(out / "logits.bin", a.model->logits(), static_cast<size_t>(B * S * Vp) * 4);
-  const std::string script = std::string(std::getenv("DIRMOE_SOURCE_DIR")) +
-                             "/tests/runtime/hf_mixtral_reference.py";
+  const std::string script =
+      std::string(std::getenv("DIRMOE_SOURCE_DIR")) + "/tests/runtime/hf_mixtral_reference.py";
   const std::string log = (out / "reference.log").string();
-  int rc = std::system(("python3 " + script + " " + out.string() + " " + (out / "tokens.bin").string() +
-                        " " + (out / "logits.bin").string() + " " + std::to_string(B) + " " +
-                        std::to_string(S) + " > " + log + " 2>&1").c_str());
+  int rc = std::system(("python3 " + script + " " + out.string() + " " +
+                        (out / "tokens.bin").string() + " " + (out / "logits.bin").string() + " " +
+                        std::to_string(B) + " " + std::to_string(S) + " > " + log + " 2>&1")
+                           .c_str());
   std::ifstream lf(log);
   std::stringstream ss;
   ss << lf.rdbuf();
@@ -343,8 +352,9 @@ TEST(HfExport, RoutersMixtralCannotExpressAreRefused) {
   c.moe.router.renormalize = true;
   for (const char* type : {"dirmoe", "probmoe"}) {
     c.moe.router.type = type;
-    EXPECT_NE(error_of([&] { check_mixtral_compatible(c); })
-                  .find(std::string("moe.router.type = ") + type + " cannot be expressed as Mixtral"),
+    EXPECT_NE(error_of([&] {
+                check_mixtral_compatible(c);
+              }).find(std::string("moe.router.type = ") + type + " cannot be expressed as Mixtral"),
               std::string::npos);
   }
 }
