@@ -4,6 +4,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -114,5 +116,51 @@ void Watchdog::loop() {
     }
   }
 }
+
+template <class T>
+std::string first_nonfinite(const std::vector<Parameter<T>*>& params, int num_layers,
+                            Communicator& world, int* owner) {
+  const int L = num_layers;
+  auto layer_of = [&](const std::string& n) {  // 0 embedding, 1..L blocks, L+1 output head
+    if (n.rfind("layers.", 0) == 0) return std::atoi(n.c_str() + 7) + 1;
+    return n == "embed" ? 0 : L + 1;
+  };
+  int64_t best = INT64_MAX;
+  std::string what;
+  for (int pass = 0; pass < 2; ++pass)  // values, then gradients
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto* p = params[i];
+      const Buffer<T>& b = pass == 0 ? p->value : p->grad;
+      bool bad = false;
+      for (int64_t j = 0; j < p->numel() && !bad; ++j) bad = !std::isfinite(b[j]);
+      if (!bad) continue;
+      const int layer = layer_of(p->name);
+      const int64_t key = pass * (int64_t{1} << 40) +
+                          (pass == 0 ? layer : L + 1 - layer) * (int64_t{1} << 20) +
+                          static_cast<int64_t>(pass == 0 ? i : params.size() - i);
+      if (key < best) {
+        best = key;
+        std::string where = layer == 0       ? "embedding"
+                            : layer == L + 1 ? "output head"
+                                             : "layer " + std::to_string(layer - 1);
+        what =
+            std::string(pass == 0 ? "parameter " : "gradient of ") + p->name + " (" + where + ")";
+      }
+    }
+  const int64_t mine[2] = {best, world.rank()};
+  std::vector<int64_t> all(2 * static_cast<size_t>(world.size()));
+  world.all_gather(mine, all.data(), 2, DType::kI64);
+  int o = 0;
+  for (int r = 1; r < world.size(); ++r)
+    if (all[2 * r] < all[2 * o]) o = r;
+  *owner = o;
+  if (all[2 * o] == INT64_MAX) return "";
+  return world.rank() == o ? what : std::string("(on rank ") + std::to_string(o) + ")";
+}
+
+template std::string first_nonfinite<float>(const std::vector<Parameter<float>*>&, int,
+                                            Communicator&, int*);
+template std::string first_nonfinite<double>(const std::vector<Parameter<double>*>&, int,
+                                             Communicator&, int*);
 
 }  // namespace dirmoe

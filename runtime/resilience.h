@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <string>
 #include <thread>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "runtime/core/tensor.h"
 
 namespace dirmoe {
 
@@ -53,5 +57,13 @@ class Watchdog {
   std::atomic<bool> paused_{true}, stop_{false};
   std::thread thread_;
 };
+
+// Collective over `world`: the first non-finite tensor of a step over all ranks, as
+// "parameter NAME (layer i)" when a weight is non-finite (forward order), else "gradient of NAME
+// (layer i)" in the order backward produces gradients; "" when every tensor is finite (then only
+// the loss was). *owner is the rank that holds it.
+template <class T>
+std::string first_nonfinite(const std::vector<Parameter<T>*>& params, int num_layers,
+                            Communicator& world, int* owner);
 
 }  // namespace dirmoe

@@ -297,43 +297,9 @@ class Trainer {
   // order, else gradients in backward order, over all ranks), abort after too many in a row.
   void handle_nonfinite(int64_t s1, double loss, double gnorm) {
     ++nonfinite_;
-    const int L = model_->num_layers();
-    auto layer_of = [&](const std::string& n) {
-      if (n.rfind("layers.", 0) == 0) return std::atoi(n.c_str() + 7) + 1;
-      return n == "embed" ? 0 : L + 1;
-    };
-    int64_t best = INT64_MAX;
-    std::string what;
-    for (int pass = 0; pass < 2; ++pass)
-      for (size_t i = 0; i < params_.size(); ++i) {
-        auto* p = params_[i];
-        const Buffer<T>& b = pass == 0 ? p->value : p->grad;
-        bool bad = false;
-        for (int64_t j = 0; j < p->numel() && !bad; ++j) bad = !std::isfinite(b[j]);
-        if (!bad) continue;
-        int layer = layer_of(p->name);
-        int64_t key = pass * (int64_t{1} << 40) +
-                      (pass == 0 ? layer : L + 1 - layer) * (int64_t{1} << 20) +
-                      static_cast<int64_t>(pass == 0 ? i : params_.size() - i);
-        if (key < best) {
-          best = key;
-          std::string where = layer == 0       ? "embedding"
-                              : layer == L + 1 ? "output head"
-                                               : "layer " + std::to_string(layer - 1);
-          what = std::string(pass == 0 ? "parameter " : "gradient of ") + p->name + " (" +
-                 where + ")";
-        }
-      }
-    struct {
-      int64_t key;
-      int64_t rank;
-    } mine{best, rank_};
-    std::vector<int64_t> all(2 * W_);
-    world_.all_gather(&mine, all.data(), 2, DType::kI64);
     int owner = 0;
-    for (int r = 1; r < W_; ++r)
-      if (all[2 * r] < all[2 * owner]) owner = r;
-    const bool found = all[2 * owner] != INT64_MAX;
+    const std::string what = first_nonfinite(params_, model_->num_layers(), world_, &owner);
+    const bool found = !what.empty();
     if (rank_ == owner)
       log_warn("step ", s1, ": non-finite ", std::isfinite(loss) ? "gradient" : "loss", " (loss ",
                loss, ", gradient norm ", gnorm, "); first non-finite ",
