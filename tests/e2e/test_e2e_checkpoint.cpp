@@ -16,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -345,6 +346,43 @@ TEST(Faults, NonFiniteStepIsSkippedLocatedAndLimited) {
   EXPECT_TRUE(has(r, "gradient of layers.1.moe.experts.6.w2 (layer 1)")) << r.output;
   EXPECT_TRUE(has(r, "step 3: 2 non-finite steps in a row (train.max_nonfinite_steps = 2)"))
       << r.output;
+}
+
+TEST(Export, HfCommandWritesMixtralAndRefusesUnrenormalisedTopk) {
+  require_corpus();
+  fs::path dir = work_dir("export");
+  Proc r = sh(mpiexec(2) + bin() + job(2, " --set moe.router.renormalize=true") + " --run-dir " +
+              (dir / "run").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = sh(bin() + " export hf --checkpoint " + (dir / "run" / "checkpoints").string() + " --out " +
+             (dir / "hf").string() + " --max-shard-size 0.02",
+         60);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(has(r, "exported step 2: ")) << r.output;
+  std::ifstream cf(dir / "hf" / "config.json");
+  auto c = nlohmann::json::parse(cf);
+  EXPECT_EQ(c["model_type"], "mixtral");
+  EXPECT_EQ(c["vocab_size"], 51200);
+  EXPECT_EQ(c["dirmoe_vocab_size"], 50257);
+  EXPECT_EQ(c["num_hidden_layers"], 2);
+  EXPECT_EQ(c["hidden_size"], 64);
+  std::ifstream ix(dir / "hf" / "model.safetensors.index.json");
+  auto index = nlohmann::json::parse(ix);
+  std::set<std::string> shards;
+  for (const auto& [k, v] : index["weight_map"].items()) shards.insert(v.get<std::string>());
+  EXPECT_GT(shards.size(), 1u);
+  for (const auto& f : shards) EXPECT_TRUE(fs::exists(dir / "hf" / f)) << f;
+
+  // The default tiny model does not renormalise its top-2 weights: refused, nothing exported.
+  r = sh(mpiexec(1) + bin() + job(1, " --set parallel.ep=1") + " --run-dir " +
+         (dir / "plain").string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = sh(bin() + " export hf --checkpoint " + (dir / "plain" / "checkpoints" / "step_1").string() +
+             " --out " + (dir / "hf_plain").string(),
+         60);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_TRUE(has(r, "moe.router.renormalize = false")) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "hf_plain" / "config.json"));
 }
 
 TEST(BadInput, MalformedFaultVariableIsRefused) {
