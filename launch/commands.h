@@ -18,5 +18,7 @@ void register_data_commands(CLI::App& app, int* exit_code);
 
 // `dirmoe topology`: each rank's place and a verified all-to-all with per-peer byte counts.
 void register_topology_command(CLI::App& app, int* exit_code);
+// `dirmoe export hf`; sets *exit_code when it ran.
+void register_export_commands(CLI::App& app, int* exit_code);
 
 }  // namespace dirmoe

@@ -48,6 +48,10 @@ int main(int argc, char** argv) {
   train->add_option("--config", config, "YAML configuration file")->required();
   train->add_option("--set", sets, "override a key: --set train.steps=10 (repeatable)");
   train->add_option("--run-dir", run_dir, "run directory (overrides output.run_dir)");
+  std::string resume;
+  train->add_option("--resume", resume,
+                    "continue from a checkpoint: auto (the newest valid one under checkpoint.dir) "
+                    "or a step_<N> directory");
 
   auto* cfg_cmd = app.add_subcommand("config", "configuration tools");
   cfg_cmd->require_subcommand(1);
@@ -60,12 +64,14 @@ int main(int argc, char** argv) {
 
   dirmoe::register_data_commands(app, &exit_code);
   dirmoe::register_topology_command(app, &exit_code);
+  dirmoe::register_export_commands(app, &exit_code);
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (!resume.empty()) sets.push_back("checkpoint.resume=" + resume);
   if (train->parsed()) return cmd_train(config, sets, run_dir, &argc, &argv);
   if (check->parsed()) {
     try {

@@ -30,7 +30,8 @@ const std::set<std::string>& sections() {
                                           "experts",
                                           "train",
                                           "data",
-                                          "output"};
+                                          "output",
+                                          "checkpoint"};
   return s;
 }
 
@@ -224,6 +225,13 @@ const std::map<std::string, Setter>& schema() {
       F("data.paths", c.data.sources = parse_paths(n)),
       F("data.split", c.data.valid_fraction = parse_split(n)),
       F("output.run_dir", c.output.run_dir = as<std::string>(n, "a directory")),
+      F("train.max_nonfinite_steps", c.train.max_nonfinite_steps = as<int>(n, "an integer")),
+      F("train.watchdog_s", c.train.watchdog_s = as<double>(n, "a number of seconds")),
+      F("checkpoint.interval", c.checkpoint.interval = as<int64_t>(n, "an integer")),
+      F("checkpoint.keep", c.checkpoint.keep = as<int>(n, "an integer")),
+      F("checkpoint.at_end", c.checkpoint.at_end = parse_bool(n)),
+      F("checkpoint.dir", c.checkpoint.dir = n.IsNull() ? "" : as<std::string>(n, "a directory")),
+      F("checkpoint.resume", c.checkpoint.resume = n.IsNull() ? "" : as<std::string>(n, "auto or a checkpoint directory")),
   };
 #undef F
   return s;
@@ -372,6 +380,13 @@ void validate(const Config& c) {
   check_range(t.eval_interval >= 0, "train.eval_interval", "must be >= 0, got " + num(t.eval_interval));
   check_range(t.eval_batches >= 1, "train.eval_batches", "must be >= 1, got " + num(t.eval_batches));
   check_range(t.log_interval >= 1, "train.log_interval", "must be >= 1, got " + num(t.log_interval));
+  check_range(t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps",
+              "must be >= 1, got " + num(t.max_nonfinite_steps));
+  check_range(t.watchdog_s >= 0 && std::isfinite(t.watchdog_s), "train.watchdog_s",
+              "must be >= 0 (0 = off), got " + num(t.watchdog_s));
+  check_range(c.checkpoint.interval >= 0, "checkpoint.interval",
+              "must be >= 0 (0 = only at the end), got " + num(c.checkpoint.interval));
+  check_range(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1, got " + num(c.checkpoint.keep));
   check_range(t.stop_at >= 0 && t.stop_at <= t.steps, "train.stop_at",
               "must lie in [0, train.steps = " + num(t.steps) + "], got " + num(t.stop_at));
   check_range(!c.data.sources.empty(), "data.paths", "no data source given");
@@ -527,6 +542,8 @@ std::string to_yaml(const Config& c) {
   y << YAML::Key << "eval_batches" << YAML::Value << t.eval_batches;
   y << YAML::Key << "log_interval" << YAML::Value << t.log_interval;
   y << YAML::Key << "stop_at" << YAML::Value << t.stop_at;
+  y << YAML::Key << "max_nonfinite_steps" << YAML::Value << t.max_nonfinite_steps;
+  y << YAML::Key << "watchdog_s" << YAML::Value << t.watchdog_s;
   y << YAML::EndMap;
   y << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
   y << YAML::Key << "paths" << YAML::Value << YAML::Flow << YAML::BeginSeq;
@@ -535,6 +552,16 @@ std::string to_yaml(const Config& c) {
   y << YAML::Key << "split" << YAML::Value << c.data.valid_fraction << YAML::EndMap;
   y << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
   y << YAML::Key << "run_dir" << YAML::Value << c.output.run_dir << YAML::EndMap;
+  const auto& ck = c.checkpoint;
+  y << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "interval" << YAML::Value << ck.interval;
+  y << YAML::Key << "keep" << YAML::Value << ck.keep;
+  y << YAML::Key << "at_end" << YAML::Value << ck.at_end;
+  y << YAML::Key << "dir" << YAML::Value;
+  if (ck.dir.empty()) y << YAML::Null; else y << ck.dir;
+  y << YAML::Key << "resume" << YAML::Value;
+  if (ck.resume.empty()) y << YAML::Null; else y << ck.resume;
+  y << YAML::EndMap;
   y << YAML::EndMap;
   return std::string(y.c_str()) + "\n";
 }

@@ -50,7 +50,17 @@ struct TrainConfig {
   int64_t eval_interval = 50;  // 0 = only at the start and the end
   int64_t eval_batches = 4;    // micro-batches per rank per evaluation
   int64_t log_interval = 10;
-  int64_t stop_at = 0;  // 0 = run to `steps`
+  int64_t stop_at = 0;  // 0 = run to `steps`; else end after this step with a checkpoint
+  int max_nonfinite_steps = 5;  // abort after this many non-finite steps in a row (each skipped)
+  double watchdog_s = 600;      // end the job when a step makes no progress this long (0 = off)
+};
+
+struct CheckpointConfig {
+  int64_t interval = 0;   // every N steps (0 = only at the end, at stop_at and on SIGTERM/SIGUSR1)
+  int keep = 3;           // newest K kept
+  bool at_end = true;     // also after the last step
+  std::string dir;        // default RUN_DIR/checkpoints
+  std::string resume;     // "" | auto | a step_<N> directory (dirmoe train --resume)
 };
 
 struct OutputConfig {
@@ -64,6 +74,7 @@ struct Config {
   TrainConfig train;
   data::DataConfig data;
   OutputConfig output;
+  CheckpointConfig checkpoint;
   std::string device = "cpu";  // cpu | auto (CUDA comes with the GPU backend)
   std::string source;          // file it was loaded from
 };

@@ -236,6 +236,8 @@ MicroBatchResult Model<T>::forward_backward(const int32_t* tokens, int64_t B, Ro
 template <class T>
 std::vector<Parameter<T>*> Model<T>::parameters() { return impl_->params(); }
 template <class T>
+const T* Model<T>::logits() const { return impl_->logits.data(); }
+template <class T>
 int Model<T>::num_layers() const { return static_cast<int>(impl_->layers.size()); }
 template <class T>
 const MoEStats& Model<T>::moe_stats(int layer) const { return impl_->layers.at(layer).moe->stats(); }

@@ -39,6 +39,8 @@ class Model {
                                     double loss_scale, bool backward);
 
   std::vector<Parameter<T>*> parameters();  // replicated first, then expert parameters
+  // Logits [B*S, padded vocab] of the last forward_backward with backward = false.
+  const T* logits() const;
   int num_layers() const;
   const MoEStats& moe_stats(int layer) const;
   const Config& config() const;

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -19,7 +20,9 @@
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/data/dataset.h"
+#include "runtime/checkpoint.h"
 #include "runtime/model.h"
+#include "runtime/resilience.h"
 #include "runtime/schedule.h"
 
 namespace dirmoe {
@@ -53,6 +56,7 @@ class Trainer {
     rank_ = topo.rank;
     W_ = topo.world_size;
     validate_for_world(cfg_, W_);
+    install_stop_signal_handlers();
     const int ep = cfg_.parallel.ep;
     ep_comm_ = world_.split(rank_ / ep, rank_, "ep");
     replica_comm_ = world_.split(rank_ % ep, rank_, "expert-replica");
@@ -83,7 +87,14 @@ class Trainer {
     }
     flat_.resize(replicated_numel_);
     tokens_.resize(cfg_.train.micro_batch * (m.seq_len + 1));
-    if (rank_ == 0) open_run_dir();
+    fault_ = FaultPlan::from_env();
+    std::vector<Buffer<T>*> mp, vp;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      mp.push_back(&adam_m_[i]);
+      vp.push_back(&adam_v_[i]);
+    }
+    ckpt_ = std::make_unique<Checkpointer<T>>(cfg_, world_, *ep_comm_, rank_ / cfg_.parallel.ep,
+                                              params_, mp, vp);
   }
 
   TrainSummary run() {
@@ -92,17 +103,34 @@ class Trainer {
     const int64_t global_tokens = B * S * t.grad_accum * W_;
     const int64_t last = t.stop_at > 0 ? t.stop_at : t.steps;
     TrainSummary sum;
+    Watchdog watchdog(t.watchdog_s, rank_);
+    int64_t first = 0;
+    if (!cfg_.checkpoint.resume.empty()) {
+      TrainerState st;
+      std::string from;
+      if (ckpt_->resume(cfg_.checkpoint.resume, &st, &from)) {
+        first = st.step;
+        nonfinite_ = st.consecutive_nonfinite;
+        log_info("resumed from ", from, " at step ", first);
+      }
+    }
+    sum.steps_run = first;
+    if (rank_ == 0) open_run_dir(first);
     log_info("dirmoe: ", W_, " rank(s), ep ", cfg_.parallel.ep, ", ", cfg_.moe.num_experts,
              " experts (", placement_.local_experts(ep_comm_->rank()).size(),
              " on rank 0), global batch ", B * t.grad_accum * W_, " x ", S, " tokens, ",
              train_data_->num_samples(), " train / ", valid_data_->num_samples(),
              " held-out samples");
-    sum.initial_eval_loss = evaluate();
-    log_info("eval  step ", 0, " | loss ", fixed(sum.initial_eval_loss, 4));
-    write_json({{"step", 0}, {"eval_loss", sum.initial_eval_loss}});
+    sum.initial_eval_loss = sum.final_eval_loss = NAN;
+    if (first == 0) {
+      sum.initial_eval_loss = evaluate();
+      log_info("eval  step ", 0, " | loss ", fixed(sum.initial_eval_loss, 4));
+      write_json({{"step", 0}, {"eval_loss", sum.initial_eval_loss}});
+    }
     auto start = Clock::now();
-    for (int64_t step = 0; step < last; ++step) {
+    for (int64_t step = first; step < last; ++step) {
       auto t0 = Clock::now();
+      watchdog.beat(step + 1, "training step");
       for (auto* p : params_) p->grad.zero();
       const int L = model_->num_layers(), E = cfg_.moe.num_experts;
       std::vector<int64_t> counts(static_cast<size_t>(L) * E + L, 0);  // tokens/expert, dropped
@@ -116,6 +144,7 @@ class Trainer {
         load_batch(*train_data_, g * B);
         RouterContext ctx{t.seed, step, 0, g * B * S, true};
         MicroBatchResult r = model_->forward_backward(tokens_.data(), B, ctx, scale, true);
+        if (a == 0) fault_.maybe_fire(rank_, step + 1);
         scalars[0] += r.ce_loss * scale;
         scalars[1] += r.router_loss * scale;
         if (a == 0) {
@@ -139,14 +168,17 @@ class Trainer {
       }
       world_.all_reduce(scalars.data(), scalars.size(), DType::kF64, ReduceOp::kSum);
       world_.all_reduce(counts.data(), counts.size(), DType::kI64, ReduceOp::kSum);
+      for (auto* p : params_)
+        if (fault_.poisons(p->name, step + 1)) p->grad[0] = std::numeric_limits<T>::quiet_NaN();
       double gnorm = reduce_gradients();
       double lr = lr_at(step, t.steps, t.lr, t.min_lr, t.warmup);
       bool finite = std::isfinite(gnorm) && std::isfinite(scalars[0]);
       if (finite) {
+        nonfinite_ = 0;
         double clip = (t.clip > 0 && gnorm > t.clip) ? t.clip / (gnorm + 1e-6) : 1.0;
         apply_adamw(lr, clip, step + 1);
       } else {
-        log_warn("step ", step + 1, ": non-finite loss or gradient norm (", gnorm, "); step skipped");
+        handle_nonfinite(step + 1, scalars[0], gnorm);
       }
       double dt = std::chrono::duration<double>(Clock::now() - t0).count();
       double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -191,6 +223,7 @@ class Trainer {
       rec["layers"] = layers;
       rec["load_max_over_mean"] = worst;
       rec["active_experts"] = mean_active;
+      if (!finite) rec["skipped"] = true;
       bool do_eval = (t.eval_interval > 0 && (step + 1) % t.eval_interval == 0) || step + 1 == last;
       if (do_eval) {
         double ev = evaluate();
@@ -208,10 +241,12 @@ class Trainer {
       }
       if (do_eval)
         log_info("eval  step ", step + 1, " | loss ", fixed(sum.final_eval_loss, 4));
+      if (checkpoint_after(step + 1, last, lr, watchdog)) break;
     }
     sum.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    log_info("done: ", sum.steps_run, " steps in ", fixed(sum.seconds, 1), " s | eval loss ",
-             fixed(sum.initial_eval_loss, 4), " -> ", fixed(sum.final_eval_loss, 4));
+    auto ev = [](double v) { return std::isfinite(v) ? fixed(v, 4) : std::string("-"); };
+    log_info("done: ", sum.steps_run - first, " steps in ", fixed(sum.seconds, 1), " s | eval loss ",
+             ev(sum.initial_eval_loss), " -> ", ev(sum.final_eval_loss));
     return sum;
   }
 
@@ -245,6 +280,54 @@ class Trainer {
   static std::string pad(int64_t v, int64_t width_of) {
     std::string s = std::to_string(v), w = std::to_string(width_of);
     return std::string(w.size() > s.size() ? w.size() - s.size() : 0, ' ') + s;
+  }
+
+  // After step s1: checkpoint every checkpoint.interval steps, at train.stop_at, at the end, and
+  // when any rank got SIGTERM/SIGUSR1 (agreed by an all-reduce); returns true to stop on a signal.
+  bool checkpoint_after(int64_t s1, int64_t last, double lr, Watchdog& watchdog) {
+    int64_t sig = pending_stop_signal();
+    world_.all_reduce(&sig, 1, DType::kI64, ReduceOp::kMax);
+    const auto& ck = cfg_.checkpoint;
+    bool due = (ck.interval > 0 && s1 % ck.interval == 0) ||
+               (cfg_.train.stop_at > 0 && s1 == cfg_.train.stop_at) || (ck.at_end && s1 == last) ||
+               sig != 0;
+    if (due) {
+      watchdog.pause();
+      TrainerState st;
+      st.step = s1;
+      st.global_batch = cfg_.train.micro_batch * cfg_.train.grad_accum * W_;
+      st.next_sample = s1 * st.global_batch;
+      st.seed = cfg_.train.seed;
+      st.lr = lr;
+      st.consecutive_nonfinite = nonfinite_;
+      auto t0 = Clock::now();
+      std::string path = ckpt_->save(st);
+      double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      log_info("checkpoint: ", path, " (", fixed(secs, 2), " s)");
+      watchdog.beat(s1, "after checkpoint");
+    }
+    if (sig != 0)
+      log_info("signal ", sig, " received: stopping after step ", s1, " with its checkpoint");
+    return sig != 0;
+  }
+
+  // A non-finite step was skipped: report where it first appears (parameter values in forward
+  // order, else gradients in backward order, over all ranks), abort after too many in a row.
+  void handle_nonfinite(int64_t s1, double loss, double gnorm) {
+    ++nonfinite_;
+    int owner = 0;
+    const std::string what = first_nonfinite(params_, model_->num_layers(), world_, &owner);
+    const bool found = !what.empty();
+    if (rank_ == owner)
+      log_warn("step ", s1, ": non-finite ", std::isfinite(loss) ? "gradient" : "loss", " (loss ",
+               loss, ", gradient norm ", gnorm, "); first non-finite ",
+               found ? what : std::string("tensor: none (only the loss)"), "; step skipped (",
+               nonfinite_, " in a row, limit train.max_nonfinite_steps = ",
+               cfg_.train.max_nonfinite_steps, ")");
+    world_.barrier();
+    DIRMOE_CHECK(nonfinite_ < cfg_.train.max_nonfinite_steps, "step ", s1, ": ", nonfinite_,
+                 " non-finite steps in a row (train.max_nonfinite_steps = ",
+                 cfg_.train.max_nonfinite_steps, "); ending the run, see the warnings above");
   }
 
   void load_batch(const data::TrainingData& data, int64_t first_sample) {
@@ -303,7 +386,8 @@ class Trainer {
     }
   }
 
-  void open_run_dir() {
+  // On a resume (first > 0) metrics.jsonl keeps its records up to step `first`, then grows.
+  void open_run_dir(int64_t first) {
     fs::path dir(cfg_.output.run_dir);
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -311,7 +395,16 @@ class Trainer {
     std::ofstream cfg_out(dir / "config.resolved.yaml");
     DIRMOE_CHECK(cfg_out.good(), "cannot write ", (dir / "config.resolved.yaml").string());
     cfg_out << to_yaml(cfg_);
+    std::vector<std::string> kept;
+    if (first > 0) {
+      std::ifstream old(dir / "metrics.jsonl");
+      for (std::string line; std::getline(old, line);) {
+        auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.value("step", int64_t{-1}) <= first) kept.push_back(line);
+      }
+    }
     metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
+    for (const auto& line : kept) metrics_ << line << '\n';
     DIRMOE_CHECK(metrics_.good(), "cannot write ", (dir / "metrics.jsonl").string());
     log_info("run directory: ", dir.string());
   }
@@ -336,6 +429,9 @@ class Trainer {
   Buffer<T> flat_;
   Buffer<int32_t> tokens_;
   std::ofstream metrics_;
+  std::unique_ptr<Checkpointer<T>> ckpt_;
+  FaultPlan fault_;
+  int nonfinite_ = 0;  // consecutive non-finite steps
 };
 
 }  // namespace

@@ -13,78 +13,15 @@
 #include <string>
 #include <vector>
 
+#include "e2e_util.h"
+
 namespace {
 
-namespace fs = std::filesystem;
+using namespace dirmoe::e2e;
 
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
+fs::path work_dir(const std::string& name) { return dirmoe::e2e::work_dir("e2e_router_runs", name); }
 
-struct Proc {
-  int code = -1;
-  std::string output;
-};
 
-// Runs a shell command with a hard time limit; stdout+stderr captured.
-Proc sh(const std::string& cmd, int timeout_s = 300) {
-  fs::path log =
-      fs::temp_directory_path() / ("dirmoe_e2e_routers_" + std::to_string(::getpid()) + ".log");
-  std::string full =
-      "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " + log.string() + " 2>&1";
-  int rc = std::system(full.c_str());
-  Proc r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
-  std::ifstream in(log);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  r.output = ss.str();
-  fs::remove(log);
-  return r;
-}
-
-std::string src() { return env("DIRMOE_SOURCE_DIR"); }
-std::string bin() { return env("DIRMOE_BIN"); }
-std::string corpus() { return src() + "/data/brown/brown_gpt2"; }
-std::string mpiexec(int np) {
-  return env("DIRMOE_MPIEXEC") + " -n " + std::to_string(np) + " --oversubscribe ";
-}
-fs::path work_dir(const std::string& name) {
-  fs::path p = fs::current_path() / "e2e_router_runs" / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-
-void require_corpus() {
-  ASSERT_TRUE(fs::exists(corpus() + ".idx"))
-      << "bundled corpus missing at " << corpus()
-      << ".idx: run `bash launch/data/build_default_corpus.sh` (the README's setup does)";
-}
-
-std::vector<nlohmann::json> records(const fs::path& run_dir) {
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::vector<nlohmann::json> out;
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
-}
-
-std::vector<double> step_losses(const fs::path& run_dir) {
-  std::vector<double> out;
-  for (const auto& r : records(run_dir))
-    if (r.contains("loss")) out.push_back(r["loss"].get<double>());
-  return out;
-}
-
-// Small but real: the tiny preset shortened for tests.
-std::string small_job(int steps) {
-  return " train --config " + src() + "/configs/tiny.yaml --set data.paths=[" + corpus() +
-         "] --set model.seq_len=32 --set train.micro_batch=2 --set train.steps=" +
-         std::to_string(steps) + " --set train.eval_interval=0 --set train.eval_batches=1" +
-         " --set train.log_interval=5";
-}
 
 // np ranks with EP = np against one rank accumulating np micro-batches; `router` (the --set
 // arguments selecting the router) applies to both runs.
