@@ -10,6 +10,7 @@
 
 #include "experts/moe_layer.h"
 #include "runtime/data/dataset.h"
+#include "runtime/observe_config.h"
 
 namespace dirmoe {
 
@@ -64,6 +65,8 @@ struct Config {
   TrainConfig train;
   data::DataConfig data;
   OutputConfig output;
+  MonitorConfig monitor;
+  ProfileConfig profile;
   std::string device = "cpu";  // cpu | auto (CUDA comes with the GPU backend)
   std::string source;          // file it was loaded from
 };

@@ -18,8 +18,11 @@
 #include "kernels/cpu/ops.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
+#include "runtime/core/trace.h"
 #include "runtime/data/dataset.h"
 #include "runtime/model.h"
+#include "runtime/monitor.h"
+#include "runtime/profiler.h"
 #include "runtime/schedule.h"
 
 namespace dirmoe {
@@ -84,6 +87,11 @@ class Trainer {
     flat_.resize(replicated_numel_);
     tokens_.resize(cfg_.train.micro_batch * (m.seq_len + 1));
     if (rank_ == 0) open_run_dir();
+    monitor_ = std::make_unique<LoadMonitor>(cfg_.monitor, placement_, model_->num_layers(), W_,
+                                             rank_, train_data_->num_sources());
+    profiler_ = std::make_unique<Profiler>(cfg_.profile, world_, cfg_.parallel.ep,
+                                           cfg_.output.run_dir,
+                                           cfg_.train.stop_at > 0 ? cfg_.train.stop_at : cfg_.train.steps);
   }
 
   TrainSummary run() {
@@ -103,6 +111,9 @@ class Trainer {
     auto start = Clock::now();
     for (int64_t step = 0; step < last; ++step) {
       auto t0 = Clock::now();
+      const bool profiled = profiler_->begin_step(step + 1);
+      trace::Scope step_scope(trace::Phase::kStep);
+      monitor_->begin_step();
       for (auto* p : params_) p->grad.zero();
       const int L = model_->num_layers(), E = cfg_.moe.num_experts;
       std::vector<int64_t> counts(static_cast<size_t>(L) * E + L, 0);  // tokens/expert, dropped
@@ -116,6 +127,7 @@ class Trainer {
         load_batch(*train_data_, g * B);
         RouterContext ctx{t.seed, step, 0, g * B * S, true};
         MicroBatchResult r = model_->forward_backward(tokens_.data(), B, ctx, scale, true);
+        observe_micro_batch(g * B);
         scalars[0] += r.ce_loss * scale;
         scalars[1] += r.router_loss * scale;
         if (a == 0) {
@@ -139,6 +151,8 @@ class Trainer {
       }
       world_.all_reduce(scalars.data(), scalars.size(), DType::kF64, ReduceOp::kSum);
       world_.all_reduce(counts.data(), counts.size(), DType::kI64, ReduceOp::kSum);
+      monitor_->reduce(world_);
+      trace::Scope optimizer_scope(trace::Phase::kOptimizer);
       double gnorm = reduce_gradients();
       double lr = lr_at(step, t.steps, t.lr, t.min_lr, t.warmup);
       bool finite = std::isfinite(gnorm) && std::isfinite(scalars[0]);
@@ -148,7 +162,10 @@ class Trainer {
       } else {
         log_warn("step ", step + 1, ": non-finite loss or gradient norm (", gnorm, "); step skipped");
       }
+      optimizer_scope.end();
+      step_scope.end();
       double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double alltoall_s = profiler_->end_step(step + 1);
       double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       sum.losses.push_back(scalars[0]);
       sum.final_train_loss = scalars[0];
@@ -159,7 +176,6 @@ class Trainer {
                             {"grad_norm", gnorm},        {"tokens_per_s", global_tokens / dt},
                             {"step_time_s", dt},         {"tokens", global_tokens}};
       double worst = 0, mean_active = 0;
-      int worst_layer = 0;
       nlohmann::json layers = nlohmann::json::array();
       for (int l = 0; l < L; ++l) {
         std::vector<int64_t> tpe(counts.begin() + l * E, counts.begin() + (l + 1) * E);
@@ -169,10 +185,7 @@ class Trainer {
           mx = std::max(mx, static_cast<double>(c));
         }
         double ratio = total > 0 ? mx / (total / E) : 0.0;
-        if (ratio > worst) {
-          worst = ratio;
-          worst_layer = l;
-        }
+        worst = std::max(worst, ratio);
         const double* ls = scalars.data() + 2 + layer_off[l];
         nlohmann::json lj = {{"layer", l},
                              {"tokens_per_expert", tpe},
@@ -189,6 +202,8 @@ class Trainer {
       rec["layers"] = layers;
       rec["load_max_over_mean"] = worst;
       rec["active_experts"] = mean_active;
+      const std::string load_line = monitor_->finish_step(step + 1, counts.data(), rec);
+      if (profiled) rec["alltoall_time_s"] = alltoall_s;
       bool do_eval = (t.eval_interval > 0 && (step + 1) % t.eval_interval == 0) || step + 1 == last;
       if (do_eval) {
         double ev = evaluate();
@@ -201,12 +216,13 @@ class Trainer {
         log_info("step ", pad(step + 1, last), "/", last, " | loss ", fixed(scalars[0], 4),
                  " | lr ", sci(lr), " | gnorm ", fixed(gnorm, 3), " | ",
                  fmt_rate(global_tokens / dt), " tok/s | active ", fixed(mean_active, 2),
-                 " | load max/mean ", fixed(worst, 2), " (layer ", worst_layer, ") | ETA ",
+                 " | ", load_line, " | ETA ",
                  fmt_duration(eta));
       }
       if (do_eval)
         log_info("eval  step ", step + 1, " | loss ", fixed(sum.final_eval_loss, 4));
     }
+    profiler_->finish();
     sum.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     log_info("done: ", sum.steps_run, " steps in ", fixed(sum.seconds, 1), " s | eval loss ",
              fixed(sum.initial_eval_loss, 4), " -> ", fixed(sum.final_eval_loss, 4));
@@ -227,6 +243,19 @@ class Trainer {
   static std::string pad(int64_t v, int64_t width_of) {
     std::string s = std::to_string(v), w = std::to_string(width_of);
     return std::string(w.size() > s.size() ? w.size() - s.size() : 0, ' ') + s;
+  }
+
+  // Monitor input of one training micro-batch: rows received per layer, routing per data source.
+  void observe_micro_batch(int64_t first_sample) {
+    const int64_t S = cfg_.model.seq_len;
+    for (int l = 0; l < model_->num_layers(); ++l) {
+      monitor_->add_received(l, model_->moe_stats(l).received);
+      const Routing<T>& r = model_->routing(l);
+      for (int64_t b = 0; b < cfg_.train.micro_batch; ++b) {
+        int64_t* sc = monitor_->source_counts(l, train_data_->source_of(first_sample + b));
+        for (int64_t a = r.offsets[b * S]; a < r.offsets[(b + 1) * S]; ++a) ++sc[r.experts[a]];
+      }
+    }
   }
 
   void load_batch(const data::TrainingData& data, int64_t first_sample) {
@@ -318,6 +347,8 @@ class Trainer {
   Buffer<T> flat_;
   Buffer<int32_t> tokens_;
   std::ofstream metrics_;
+  std::unique_ptr<LoadMonitor> monitor_;
+  std::unique_ptr<Profiler> profiler_;
 };
 
 }  // namespace
