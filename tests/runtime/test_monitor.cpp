@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/config.h"
+#include "runtime/core/error.h"
 #include "runtime/monitor.h"
 
 namespace dirmoe {
@@ -102,6 +104,62 @@ TEST(LoadMonitor, EpisodesWarnOnceAndNameLayerExpertRank) {
   EXPECT_EQ(l0["source_tokens_per_expert"],
             nlohmann::json::parse("[[0,0,0,0],[0,0,7,0]]"));
   EXPECT_EQ(last["worst_layer"].get<int>(), 0);
+}
+
+const char* kYaml = R"(model:
+  hidden: 64
+  vocab_size: 1000
+  vocab_multiple: 128
+  seq_len: 16
+data:
+  paths: [corpus/a]
+monitor:
+  max_over_mean: 3
+  patience: 5
+profile:
+  every: 0
+  steps: [4, 9]
+  trace: false
+)";
+
+std::string error_of(const std::vector<std::string>& sets) {
+  try {
+    parse_config(kYaml, sets, "test.yaml");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ObserveConfig, KeysParseRoundTripAndBadValuesNameTheKey) {
+  Config c = parse_config(kYaml, {}, "test.yaml");
+  EXPECT_EQ(c.monitor.max_over_mean, 3.0);
+  EXPECT_EQ(c.monitor.patience, 5);
+  EXPECT_EQ(c.monitor.dead_window, 50);
+  EXPECT_EQ(c.profile.every, 0);
+  EXPECT_EQ(c.profile.first, 4);
+  EXPECT_EQ(c.profile.last, 9);
+  EXPECT_FALSE(c.profile.trace);
+  EXPECT_FALSE(c.profile.profiles(3));
+  EXPECT_TRUE(c.profile.profiles(4));
+  EXPECT_TRUE(c.profile.profiles(9));
+  EXPECT_FALSE(c.profile.profiles(10));
+  Config back = parse_config(to_yaml(c), {}, "resolved");
+  EXPECT_EQ(back.profile.first, 4);
+  EXPECT_EQ(back.profile.last, 9);
+  EXPECT_EQ(back.monitor.patience, 5);
+  EXPECT_FALSE(back.profile.trace);
+  Config every = parse_config(kYaml, {"profile.steps=null", "profile.every=10"}, "test.yaml");
+  EXPECT_TRUE(every.profile.profiles(20));
+  EXPECT_FALSE(every.profile.profiles(15));
+
+  EXPECT_NE(error_of({"profile.steps=[9, 4]"}).find("profile.steps"), std::string::npos);
+  EXPECT_NE(error_of({"profile.steps=7"}).find("expected [first, last]"), std::string::npos);
+  EXPECT_NE(error_of({"profile.every=-1"}).find("profile.every"), std::string::npos);
+  EXPECT_NE(error_of({"monitor.max_over_mean=0.5"}).find("monitor.max_over_mean"), std::string::npos);
+  EXPECT_NE(error_of({"monitor.patience=0"}).find("monitor.patience"), std::string::npos);
+  EXPECT_NE(error_of({"monitor.dead_window=0"}).find("monitor.dead_window"), std::string::npos);
+  EXPECT_NE(error_of({"monitor.nope=1"}).find("no such configuration key"), std::string::npos);
 }
 
 }  // namespace
