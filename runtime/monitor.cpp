@@ -76,7 +76,8 @@ void LoadMonitor::reduce(Communicator& world) {
 std::string LoadMonitor::where_expert(int e) const {
   const int ep = placement_.ep_size(), owner = placement_.owner(e);
   std::string s = "rank " + std::to_string(owner);
-  for (int g = 1; g < W_ / ep; ++g) s += (g == 1 ? " (replicas on rank " : ", ") + std::to_string(g * ep + owner);
+  for (int g = 1; g < W_ / ep; ++g)
+    s += (g == 1 ? " (replicas on rank " : ", ") + std::to_string(g * ep + owner);
   if (W_ / ep > 1) s += ")";
   return s;
 }
@@ -125,7 +126,8 @@ std::string LoadMonitor::finish_step(int64_t step, const int64_t* counts, nlohma
     lj["dead_experts"] = dead;
     nlohmann::json per_source = nlohmann::json::array();
     for (int s = 0; s < num_sources_; ++s) {
-      const int64_t* sc = local_.data() + rank_off_ + (static_cast<size_t>(l) * num_sources_ + s) * E_;
+      const int64_t* sc =
+          local_.data() + rank_off_ + (static_cast<size_t>(l) * num_sources_ + s) * E_;
       per_source.push_back(std::vector<int64_t>(sc, sc + E_));
     }
     lj["source_tokens_per_expert"] = per_source;

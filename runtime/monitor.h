@@ -6,10 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
 #include "experts/placement.h"
@@ -30,8 +29,8 @@ class LoadMonitor {
  public:
   // world_size ranks in EP groups of placement.ep_size(); world rank r holds the experts of EP rank
   // r % ep (its EP group is r / ep).
-  LoadMonitor(const MonitorConfig& cfg, const Placement& placement, int num_layers,
-              int world_size, int rank, int num_sources);
+  LoadMonitor(const MonitorConfig& cfg, const Placement& placement, int num_layers, int world_size,
+              int rank, int num_sources);
 
   // Per step: begin_step(), then per micro-batch and layer the local observations, then
   // reduce() (collective over `world`), then finish_step() on every rank.
@@ -57,10 +56,10 @@ class LoadMonitor {
   MonitorConfig cfg_;
   Placement placement_;
   int L_, E_, W_, rank_, num_sources_;
-  size_t rank_off_;                          // start of the source counts in local_
-  std::vector<int64_t> local_;               // [L*W received rows | L*S*E source counts]
-  std::vector<int64_t> above_;               // [L] consecutive steps above the bound
-  std::vector<bool> warned_;                 // [L] warning given in the current episode
+  size_t rank_off_;                             // start of the source counts in local_
+  std::vector<int64_t> local_;                  // [L*W received rows | L*S*E source counts]
+  std::vector<int64_t> above_;                  // [L] consecutive steps above the bound
+  std::vector<bool> warned_;                    // [L] warning given in the current episode
   std::vector<std::vector<int64_t>> zero_run_;  // [L][E] consecutive steps with no tokens
 };
 

@@ -3,10 +3,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "runtime/core/dtype.h"
 #include "runtime/core/error.h"
@@ -34,15 +33,15 @@ Profiler::Profiler(const ProfileConfig& cfg, Communicator& world, int ep,
   if (cfg_.first > 0 && rank_ == 0) {
     if (cfg_.first > last_step)
       log_message(LogLevel::kWarn, false,
-                  "profile.steps [" + std::to_string(cfg_.first) + ", " + std::to_string(cfg_.last) +
-                      "] lies outside this run (steps 1-" + std::to_string(last_step) +
-                      "): the range profiles nothing");
+                  "profile.steps [" + std::to_string(cfg_.first) + ", " +
+                      std::to_string(cfg_.last) + "] lies outside this run (steps 1-" +
+                      std::to_string(last_step) + "): the range profiles nothing");
     else if (cfg_.last > last_step)
       log_message(LogLevel::kWarn, false,
-                  "profile.steps [" + std::to_string(cfg_.first) + ", " + std::to_string(cfg_.last) +
-                      "] extends past the last step " + std::to_string(last_step) +
-                      ": profiling steps " + std::to_string(cfg_.first) + "-" +
-                      std::to_string(last_step));
+                  "profile.steps [" + std::to_string(cfg_.first) + ", " +
+                      std::to_string(cfg_.last) + "] extends past the last step " +
+                      std::to_string(last_step) + ": profiling steps " +
+                      std::to_string(cfg_.first) + "-" + std::to_string(last_step));
   }
   if (rank_ != 0) return;
   traffic_.open(run_dir_ / "traffic.jsonl", std::ios::trunc);
@@ -81,8 +80,10 @@ double Profiler::end_step(int64_t step) {
   // Every rank runs the same exchanges in the same order; check it before gathering.
   int64_t n[2] = {static_cast<int64_t>(traffic.size()), -static_cast<int64_t>(traffic.size())};
   world_.all_reduce(n, 2, DType::kI64, ReduceOp::kMax);
-  DIRMOE_CHECK(n[0] == -n[1], "profiler: step ", step, ": ranks recorded different numbers of "
-               "all-to-all exchanges (", -n[1], " to ", n[0], ")");
+  DIRMOE_CHECK(n[0] == -n[1], "profiler: step ", step,
+               ": ranks recorded different numbers of "
+               "all-to-all exchanges (",
+               -n[1], " to ", n[0], ")");
   const size_t K = traffic.size();
   // Rows sent to each world rank, per record: [K, W]; then the gathered [W, K, W].
   std::vector<int64_t> mine(K * W_, 0), rows(static_cast<size_t>(W_) * K * W_, 0);
@@ -129,8 +130,8 @@ void Profiler::write_traffic(int64_t step, size_t K, const std::vector<int64_t>&
   for (size_t k = 0; k < K; ++k) {
     int seen = 0;
     for (size_t j = 0; j < k; ++j)
-      seen += traffic[j].layer == traffic[k].layer && traffic[j].direction == traffic[k].direction &&
-              traffic[j].pass == traffic[k].pass;
+      seen += traffic[j].layer == traffic[k].layer &&
+              traffic[j].direction == traffic[k].direction && traffic[j].pass == traffic[k].pass;
     occurrence.push_back(seen);
   }
   for (size_t k = 0; k < K; ++k) {

@@ -20,8 +20,8 @@ class Profiler {
   // Collective over `world` (a barrier sets the common time origin). `run_dir` is used on rank 0;
   // ep: EP group size (world rank r is EP rank r % ep of group r / ep); last_step: the run's last
   // step, to tell the user when profile.steps lies (partly) outside the run.
-  Profiler(const ProfileConfig& cfg, Communicator& world, int ep, const std::filesystem::path& run_dir,
-           int64_t last_step);
+  Profiler(const ProfileConfig& cfg, Communicator& world, int ep,
+           const std::filesystem::path& run_dir, int64_t last_step);
   ~Profiler();
 
   // 1-based step. Returns whether the step is profiled (the same answer on every rank).

@@ -13,7 +13,7 @@
 namespace dirmoe::plot {
 
 Rgb series_color(int i) {
-  static const Rgb k[10] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44},  {214, 39, 40},
+  static const Rgb k[10] = {{31, 119, 180},  {255, 127, 14}, {44, 160, 44},   {214, 39, 40},
                             {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127},
                             {188, 189, 34},  {23, 190, 207}};
   return k[((i % 10) + 10) % 10];
@@ -28,13 +28,15 @@ Rgb colormap(double t) {
   t = std::clamp(t, 0.0, 1.0) * 8;
   const int i = std::min(7, static_cast<int>(t));
   const double f = t - i;
-  auto mix = [&](int c) { return static_cast<uint8_t>(std::lround(k[i][c] * (1 - f) + k[i + 1][c] * f)); };
+  auto mix = [&](int c) {
+    return static_cast<uint8_t>(std::lround(k[i][c] * (1 - f) + k[i + 1][c] * f));
+  };
   return {mix(0), mix(1), mix(2)};
 }
 
 Canvas::Canvas(int width, int height, Rgb bg) : w_(width), h_(height) {
-  DIRMOE_CHECK(width > 0 && height > 0 && width <= 16384 && height <= 16384,
-               "plot: canvas size ", width, "x", height, " out of range");
+  DIRMOE_CHECK(width > 0 && height > 0 && width <= 16384 && height <= 16384, "plot: canvas size ",
+               width, "x", height, " out of range");
   px_.resize(static_cast<size_t>(w_) * h_ * 3);
   fill_rect(0, 0, w_, h_, bg);
 }
@@ -82,8 +84,10 @@ void Canvas::text(int x, int y, const std::string& s, Rgb c, int scale, bool rot
         for (int sy = 0; sy < scale; ++sy)
           for (int sx = 0; sx < scale; ++sx) {
             const int u = pen + col * scale + sx, v = row * scale + sy;
-            if (rotated) set(x + v, y - u, c);
-            else set(x + u, y + v, c);
+            if (rotated)
+              set(x + v, y - u, c);
+            else
+              set(x + u, y + v, c);
           }
       }
     pen += 6 * scale;

@@ -27,8 +27,10 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
 std::string tick_label(double v, double step) {
   char buf[32];
   const double a = std::abs(v);
-  if (a >= 1e6 || (a > 0 && a < 1e-3)) std::snprintf(buf, sizeof buf, "%.2g", v);
-  else if (step >= 1 || v == std::round(v)) std::snprintf(buf, sizeof buf, "%.0f", v);
+  if (a >= 1e6 || (a > 0 && a < 1e-3))
+    std::snprintf(buf, sizeof buf, "%.2g", v);
+  else if (step >= 1 || v == std::round(v))
+    std::snprintf(buf, sizeof buf, "%.0f", v);
   else {
     const int digits = std::clamp(static_cast<int>(std::ceil(-std::log10(step))), 1, 4);
     std::snprintf(buf, sizeof buf, "%.*f", digits, v);
@@ -93,7 +95,8 @@ void draw_line_chart(Canvas& c, int x, int y, int w, int h, const LineChart& cha
   c.rect_outline(left, top, right + 1, bottom + 1, kDarkGrey);
   c.text(left + (right - left - Canvas::text_width(chart.xlabel)) / 2, bottom + 22, chart.xlabel,
          kBlack);
-  c.text(x + 8, top + (bottom - top + Canvas::text_width(chart.ylabel)) / 2, chart.ylabel, kBlack, 1,
+  c.text(x + 8, top + (bottom - top + Canvas::text_width(chart.ylabel)) / 2, chart.ylabel, kBlack,
+         1,
          /*rotated=*/true);
   for (const auto& s : chart.series) {
     bool have = false;
@@ -105,8 +108,9 @@ void draw_line_chart(Canvas& c, int x, int y, int w, int h, const LineChart& cha
       }
       const double X = px(s.x[i]), Y = py(s.y[i]);
       if (have) c.line(lx, ly, X, Y, s.color, s.thickness, s.dash);
-      if (s.markers) c.fill_rect(static_cast<int>(X) - 3, static_cast<int>(Y) - 3,
-                                 static_cast<int>(X) + 4, static_cast<int>(Y) + 4, s.color);
+      if (s.markers)
+        c.fill_rect(static_cast<int>(X) - 3, static_cast<int>(Y) - 3, static_cast<int>(X) + 4,
+                    static_cast<int>(Y) + 4, s.color);
       lx = X, ly = Y, have = true;
     }
   }
@@ -116,8 +120,10 @@ void draw_line_chart(Canvas& c, int x, int y, int w, int h, const LineChart& cha
   for (const auto& s : chart.series) lw = std::max(lw, Canvas::text_width(s.name));
   if (chart.series.size() > 1 || (!chart.series.empty() && !chart.series[0].name.empty())) {
     const int lx = right - lw - 40;
-    c.fill_rect(lx - 6, ly - 5, right - 4, ly + 12 * static_cast<int>(chart.series.size()) + 1, kWhite);
-    c.rect_outline(lx - 6, ly - 5, right - 4, ly + 12 * static_cast<int>(chart.series.size()) + 1, kGrey);
+    c.fill_rect(lx - 6, ly - 5, right - 4, ly + 12 * static_cast<int>(chart.series.size()) + 1,
+                kWhite);
+    c.rect_outline(lx - 6, ly - 5, right - 4, ly + 12 * static_cast<int>(chart.series.size()) + 1,
+                   kGrey);
     for (const auto& s : chart.series) {
       c.line(lx, ly + 3, lx + 22, ly + 3, s.color, 2, s.dash);
       c.text(lx + 28, ly, s.name, kBlack);
@@ -159,14 +165,16 @@ void draw_heatmap(Canvas& c, int x, int y, int w, int h, const Heatmap& m) {
     const int col_step = std::max(1, (widest + 8) * m.cols / std::max(1, right - left));
     for (int col = 0; col < m.cols; col += col_step) {
       const int xx = left + (2 * col + 1) * (right - left) / (2 * m.cols);
-      c.text(xx - Canvas::text_width(m.col_labels[col]) / 2, bottom + 6, m.col_labels[col], kDarkGrey);
+      c.text(xx - Canvas::text_width(m.col_labels[col]) / 2, bottom + 6, m.col_labels[col],
+             kDarkGrey);
     }
   } else {
     const double lo = m.col_first, hi = m.col_last > lo ? m.col_last : lo + 1;
     const auto ticks = nice_ticks(lo, hi, 8);
     const double step = ticks.size() > 1 ? ticks[1] - ticks[0] : 1;
     for (double v : ticks) {
-      const int xx = left + static_cast<int>(std::lround((v - lo) / (hi - lo) * (right - left - 1)));
+      const int xx =
+          left + static_cast<int>(std::lround((v - lo) / (hi - lo) * (right - left - 1)));
       c.line(xx, bottom, xx, bottom + 3, kDarkGrey);
       const std::string lab = tick_label(v, step);
       c.text(xx - Canvas::text_width(lab) / 2, bottom + 6, lab, kDarkGrey);
@@ -181,8 +189,8 @@ void draw_heatmap(Canvas& c, int x, int y, int w, int h, const Heatmap& m) {
         std::snprintf(buf, sizeof buf, m.annotate_format.c_str(), v);
         if (Canvas::text_width(buf) + 4 > cw || ch < 11) continue;
         const double t = (v - m.vmin) / span;
-        c.text(left + col * cw + (cw - Canvas::text_width(buf)) / 2, top + r * ch + (ch - 7) / 2, buf,
-               t > 0.6 ? kBlack : kWhite);
+        c.text(left + col * cw + (cw - Canvas::text_width(buf)) / 2, top + r * ch + (ch - 7) / 2,
+               buf, t > 0.6 ? kBlack : kWhite);
       }
   }
   c.text(left + (right - left - Canvas::text_width(m.xlabel)) / 2, bottom + 22, m.xlabel, kBlack);
@@ -190,13 +198,15 @@ void draw_heatmap(Canvas& c, int x, int y, int w, int h, const Heatmap& m) {
   // Colour bar.
   const int bx = right + 18, bw = 14;
   for (int yy = top; yy < bottom; ++yy)
-    c.fill_rect(bx, yy, bx + bw, yy + 1, colormap(1.0 - static_cast<double>(yy - top) / (bottom - top - 1)));
+    c.fill_rect(bx, yy, bx + bw, yy + 1,
+                colormap(1.0 - static_cast<double>(yy - top) / (bottom - top - 1)));
   c.rect_outline(bx - 1, top - 1, bx + bw + 1, bottom + 1, kDarkGrey);
   const auto ticks = nice_ticks(m.vmin, m.vmax > m.vmin ? m.vmax : m.vmin + 1, 5);
   const double step = ticks.size() > 1 ? ticks[1] - ticks[0] : 1;
   for (double v : ticks) {
     if (v < m.vmin || v > m.vmax) continue;
-    const int yy = bottom - 1 - static_cast<int>(std::lround((v - m.vmin) / span * (bottom - top - 1)));
+    const int yy =
+        bottom - 1 - static_cast<int>(std::lround((v - m.vmin) / span * (bottom - top - 1)));
     c.line(bx + bw, yy, bx + bw + 3, yy, kDarkGrey);
     c.text(bx + bw + 6, yy - 3, tick_label(v, step), kDarkGrey);
   }

@@ -14,7 +14,7 @@ struct Series {
   std::vector<double> x, y;
   Rgb color;
   int thickness = 2;
-  int dash = 0;         // > 0: dashed line
+  int dash = 0;          // > 0: dashed line
   bool markers = false;  // draw a square at every point
 };
 
@@ -28,12 +28,12 @@ void draw_line_chart(Canvas& c, int x, int y, int w, int h, const LineChart& cha
 struct Heatmap {
   std::string title, xlabel, ylabel, value_label;
   int rows = 0, cols = 0;
-  std::vector<double> values;            // [rows, cols]; NaN cells are drawn grey
-  std::vector<std::string> row_labels;   // empty: 0..rows-1
-  std::vector<std::string> col_labels;   // empty: numeric axis col_first..col_last
+  std::vector<double> values;           // [rows, cols]; NaN cells are drawn grey
+  std::vector<std::string> row_labels;  // empty: 0..rows-1
+  std::vector<std::string> col_labels;  // empty: numeric axis col_first..col_last
   double col_first = 0, col_last = 0;
-  double vmin = 0, vmax = 1;             // colour range
-  bool annotate = false;                 // print the value in each cell (small matrices)
+  double vmin = 0, vmax = 1;  // colour range
+  bool annotate = false;      // print the value in each cell (small matrices)
   std::string annotate_format = "%.3g";
 };
 void draw_heatmap(Canvas& c, int x, int y, int w, int h, const Heatmap& map);

@@ -10,11 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "launch/report/plot.h"
 #include "runtime/config.h"
@@ -50,10 +49,10 @@ std::vector<json> read_jsonl(const fs::path& path, bool* ok) {
   }
   for (const auto& [ln, what] : bad) {
     const bool last = ln == n;
-    note(path.string() + ":" + std::to_string(ln) + ": " +
-         (last ? "truncated last line (the run was stopped while writing it?)"
-               : "unreadable line") +
-         ", skipped");
+    note(
+        path.string() + ":" + std::to_string(ln) + ": " +
+        (last ? "truncated last line (the run was stopped while writing it?)" : "unreadable line") +
+        ", skipped");
     (void)what;
   }
   return out;
@@ -86,8 +85,8 @@ double median(std::vector<double> v) {
 
 struct Run {
   fs::path dir;
-  std::vector<json> steps;   // training step records (have "loss"), in step order
-  std::vector<json> evals;   // records with "eval_loss"
+  std::vector<json> steps;  // training step records (have "loss"), in step order
+  std::vector<json> evals;  // records with "eval_loss"
   std::vector<json> traffic;
   bool have_config = false;
   Config cfg;
@@ -97,7 +96,8 @@ struct Run {
 // Per-layer array field of a step record, or empty.
 std::vector<double> layer_field(const json& rec, int l, const char* key) {
   std::vector<double> out;
-  if (!rec.contains("layers") || !rec["layers"].is_array() || static_cast<int>(rec["layers"].size()) <= l)
+  if (!rec.contains("layers") || !rec["layers"].is_array() ||
+      static_cast<int>(rec["layers"].size()) <= l)
     return out;
   const json& lj = rec["layers"][l];
   if (!lj.contains(key) || !lj[key].is_array()) return out;
@@ -335,13 +335,14 @@ std::string plot_sources(const Run& run, const fs::path& out, const std::vector<
 // ---- projection ----
 
 struct Projection {
-  double seconds = 0;          // projected all-to-all time per step
-  double inter_bytes = 0;      // per step
-  double intra_bytes = 0;      // per step (other ranks on the same node)
+  double seconds = 0;      // projected all-to-all time per step
+  double inter_bytes = 0;  // per step
+  double intra_bytes = 0;  // per step (other ranks on the same node)
   int nodes = 0;
 };
 
-Projection project(const std::vector<json>& traffic, int R, int G, double net_gbps, double intra_GBps) {
+Projection project(const std::vector<json>& traffic, int R, int G, double net_gbps,
+                   double intra_GBps) {
   Projection p;
   p.nodes = (R + G - 1) / G;
   const double net_Bps = net_gbps * 1e9 / 8, intra_Bps = intra_GBps * 1e9;
@@ -369,7 +370,8 @@ Projection project(const std::vector<json>& traffic, int R, int G, double net_gb
     p.seconds += std::max(t_inter / net_Bps, t_intra / intra_Bps);
   }
   std::sort(steps.begin(), steps.end());
-  const double n = std::max<double>(1.0, static_cast<double>(std::unique(steps.begin(), steps.end()) - steps.begin()));
+  const double n = std::max<double>(
+      1.0, static_cast<double>(std::unique(steps.begin(), steps.end()) - steps.begin()));
   p.seconds /= n;
   p.inter_bytes /= n;
   p.intra_bytes /= n;
@@ -462,16 +464,18 @@ int run_report(const ReportOptions& o) {
   }
 
   // ---- summary ----
-  const int64_t configured = run.have_config ? (run.cfg.train.stop_at > 0 ? run.cfg.train.stop_at
-                                                                          : run.cfg.train.steps)
-                                             : 0;
+  const int64_t configured =
+      run.have_config ? (run.cfg.train.stop_at > 0 ? run.cfg.train.stop_at : run.cfg.train.steps)
+                      : 0;
   const int64_t s_first = run.steps.front().value("step", int64_t{0});
   const int64_t s_last = run.steps.back().value("step", int64_t{0});
   std::printf("run %s: steps %lld-%lld", o.run_dir.c_str(), static_cast<long long>(s_first),
               static_cast<long long>(s_last));
   if (configured > 0) {
     std::printf(" of %lld", static_cast<long long>(configured));
-    if (max_step < configured) std::printf(" (incomplete: the run stopped after step %lld)", static_cast<long long>(max_step));
+    if (max_step < configured)
+      std::printf(" (incomplete: the run stopped after step %lld)",
+                  static_cast<long long>(max_step));
   }
   std::printf(" | %d MoE layers, %d experts, %d ranks\n", run.layers, run.experts, run.ranks);
 
@@ -485,8 +489,9 @@ int run_report(const ReportOptions& o) {
     }
     return n ? s / n : NAN;
   };
-  std::printf("loss: train %.4f -> %.4f (mean of the last %zu steps %.4f)", num(run.steps.front(), "loss"),
-              num(run.steps.back(), "loss"), tail, tail_mean([](const json& r) { return num(r, "loss"); }));
+  std::printf("loss: train %.4f -> %.4f (mean of the last %zu steps %.4f)",
+              num(run.steps.front(), "loss"), num(run.steps.back(), "loss"), tail,
+              tail_mean([](const json& r) { return num(r, "loss"); }));
   if (!run.evals.empty())
     std::printf(" | eval %.4f (step %lld) -> %.4f (step %lld)", num(run.evals.front(), "eval_loss"),
                 static_cast<long long>(run.evals.front().value("step", int64_t{0})),
@@ -526,16 +531,21 @@ int run_report(const ReportOptions& o) {
       ll[l].cv += num(lj, "load_cv", 0);
       ++n;
       const auto tpe = layer_field(r, l, "tokens_per_expert");
-      for (int e = 0; e < run.experts && e < static_cast<int>(tpe.size()); ++e) expert_tokens[l][e] += tpe[e];
+      for (int e = 0; e < run.experts && e < static_cast<int>(tpe.size()); ++e)
+        expert_tokens[l][e] += tpe[e];
       const auto rt = layer_field(r, l, "rank_tokens");
-      for (int k = 0; k < run.ranks && k < static_cast<int>(rt.size()); ++k) rank_tokens[l][k] += rt[k];
+      for (int k = 0; k < run.ranks && k < static_cast<int>(rt.size()); ++k)
+        rank_tokens[l][k] += rt[k];
     }
     if (n) ll[l].expert /= n, ll[l].rank /= n, ll[l].cv /= n;
   }
-  std::sort(ll.begin(), ll.end(), [](const LayerLoad& a, const LayerLoad& b) { return a.expert > b.expert; });
-  std::printf("most imbalanced layers (mean over steps of expert max/mean | cv | rank max/mean):\n");
+  std::sort(ll.begin(), ll.end(),
+            [](const LayerLoad& a, const LayerLoad& b) { return a.expert > b.expert; });
+  std::printf(
+      "most imbalanced layers (mean over steps of expert max/mean | cv | rank max/mean):\n");
   for (int i = 0; i < std::min<int>(o.top, static_cast<int>(ll.size())); ++i)
-    std::printf("  layer %d: %.2f | %.2f | %.2f\n", ll[i].layer, ll[i].expert, ll[i].cv, ll[i].rank);
+    std::printf("  layer %d: %.2f | %.2f | %.2f\n", ll[i].layer, ll[i].expert, ll[i].cv,
+                ll[i].rank);
   struct Item {
     int layer, index;
     double over_mean, share;
@@ -544,10 +554,12 @@ int run_report(const ReportOptions& o) {
   for (int l = 0; l < run.layers; ++l) {
     const double te = std::accumulate(expert_tokens[l].begin(), expert_tokens[l].end(), 0.0);
     for (int e = 0; e < run.experts; ++e)
-      if (te > 0) ex.push_back({l, e, expert_tokens[l][e] / (te / run.experts), expert_tokens[l][e] / te});
+      if (te > 0)
+        ex.push_back({l, e, expert_tokens[l][e] / (te / run.experts), expert_tokens[l][e] / te});
     const double tr = std::accumulate(rank_tokens[l].begin(), rank_tokens[l].end(), 0.0);
     for (int k = 0; k < run.ranks; ++k)
-      if (tr > 0) rk.push_back({l, k, rank_tokens[l][k] / (tr / run.ranks), rank_tokens[l][k] / tr});
+      if (tr > 0)
+        rk.push_back({l, k, rank_tokens[l][k] / (tr / run.ranks), rank_tokens[l][k] / tr});
   }
   auto by_load = [](const Item& a, const Item& b) { return a.over_mean > b.over_mean; };
   std::sort(ex.begin(), ex.end(), by_load);
@@ -579,8 +591,9 @@ int run_report(const ReportOptions& o) {
       ++profiled;
     }
   if (!have_traffic) {
-    note("no traffic.jsonl: the run was not profiled (profile.every: 0 and no profile.steps); "
-         "no traffic plot, no projection");
+    note(
+        "no traffic.jsonl: the run was not profiled (profile.every: 0 and no profile.steps); "
+        "no traffic plot, no projection");
   } else if (run.traffic.empty()) {
     std::string why = traffic_out_of_range ? std::to_string(traffic_out_of_range) +
                                                  " records lie outside the reported steps"
@@ -592,8 +605,9 @@ int run_report(const ReportOptions& o) {
     note("traffic.jsonl: nothing to report (" + why + ")");
   }
   if (profiled > 0)
-    std::printf("all-to-all: %.1f%% of the step over %d profiled steps (%.2f ms of %.2f ms per step)\n",
-                100 * a2a / step_time, profiled, 1e3 * a2a / profiled, 1e3 * step_time / profiled);
+    std::printf(
+        "all-to-all: %.1f%% of the step over %d profiled steps (%.2f ms of %.2f ms per step)\n",
+        100 * a2a / step_time, profiled, 1e3 * a2a / profiled, 1e3 * step_time / profiled);
   if (!run.traffic.empty()) {
     int64_t n = 0;
     const auto bytes = traffic_matrix(run.traffic, run.ranks, "bytes", &n);
@@ -605,10 +619,11 @@ int run_report(const ReportOptions& o) {
       }
     std::vector<double> bw;
     for (const auto& t : run.traffic) bw.push_back(num(t, "bandwidth_GBps"));
-    std::printf("traffic: %s per step (%s to other ranks) over %lld profiled steps, %zu exchanges; "
-                "median effective bandwidth %.3f GB/s per rank\n",
-                human_bytes(total).c_str(), human_bytes(off).c_str(), static_cast<long long>(n),
-                run.traffic.size(), median(bw));
+    std::printf(
+        "traffic: %s per step (%s to other ranks) over %lld profiled steps, %zu exchanges; "
+        "median effective bandwidth %.3f GB/s per rank\n",
+        human_bytes(total).c_str(), human_bytes(off).c_str(), static_cast<long long>(n),
+        run.traffic.size(), median(bw));
   }
   if (o.network_gbps > 0 || o.gpus_per_node > 0) {
     if (!(o.network_gbps > 0 && o.gpus_per_node > 0)) {
@@ -616,12 +631,14 @@ int run_report(const ReportOptions& o) {
     } else if (run.traffic.empty()) {
       note("no traffic records: nothing to project");
     } else {
-      const Projection p = project(run.traffic, run.ranks, o.gpus_per_node, o.network_gbps, o.intra_node_GBps);
-      std::printf("projection: %d ranks on %d node(s) of %d, %.0f Gbit/s per node between nodes, "
-                  "%.0f GB/s per rank inside a node: inter-node %s, intra-node %s per step -> "
-                  "all-to-all %.3f ms per step",
-                  run.ranks, p.nodes, o.gpus_per_node, o.network_gbps, o.intra_node_GBps,
-                  human_bytes(p.inter_bytes).c_str(), human_bytes(p.intra_bytes).c_str(), 1e3 * p.seconds);
+      const Projection p =
+          project(run.traffic, run.ranks, o.gpus_per_node, o.network_gbps, o.intra_node_GBps);
+      std::printf(
+          "projection: %d ranks on %d node(s) of %d, %.0f Gbit/s per node between nodes, "
+          "%.0f GB/s per rank inside a node: inter-node %s, intra-node %s per step -> "
+          "all-to-all %.3f ms per step",
+          run.ranks, p.nodes, o.gpus_per_node, o.network_gbps, o.intra_node_GBps,
+          human_bytes(p.inter_bytes).c_str(), human_bytes(p.intra_bytes).c_str(), 1e3 * p.seconds);
       if (profiled > 0) std::printf(" (measured here: %.3f ms)", 1e3 * a2a / profiled);
       std::printf("\n");
     }
@@ -631,7 +648,8 @@ int run_report(const ReportOptions& o) {
   const fs::path out = o.out_dir.empty() ? run.dir / "report" : fs::path(o.out_dir);
   fs::create_directories(out, ec);
   if (ec) {
-    std::fprintf(stderr, "error: report: cannot create '%s': %s\n", out.string().c_str(), ec.message().c_str());
+    std::fprintf(stderr, "error: report: cannot create '%s': %s\n", out.string().c_str(),
+                 ec.message().c_str());
     return 1;
   }
   std::vector<std::string> written;

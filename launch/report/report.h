@@ -14,12 +14,12 @@ namespace dirmoe {
 
 struct ReportOptions {
   std::string run_dir;
-  std::string out_dir;            // default RUN_DIR/report
-  double network_gbps = 0;        // per-node inter-node bandwidth, Gbit/s per direction; 0 = none
-  int gpus_per_node = 0;          // ranks per node for the projection
-  double intra_node_GBps = 450;   // per-rank intra-node bandwidth, GB/s per direction
-  std::string steps;              // "A:B" restricts the report to steps A..B
-  int top = 3;                    // how many layers/experts/ranks to list
+  std::string out_dir;           // default RUN_DIR/report
+  double network_gbps = 0;       // per-node inter-node bandwidth, Gbit/s per direction; 0 = none
+  int gpus_per_node = 0;         // ranks per node for the projection
+  double intra_node_GBps = 450;  // per-rank intra-node bandwidth, GB/s per direction
+  std::string steps;             // "A:B" restricts the report to steps A..B
+  int top = 3;                   // how many layers/experts/ranks to list
 };
 
 // Returns the exit code: 0 when a report was produced (possibly from a partial run directory, with

@@ -5,15 +5,24 @@ namespace dirmoe::trace {
 
 const char* phase_name(Phase p) {
   switch (p) {
-    case Phase::kStep: return "step";
-    case Phase::kAttention: return "attention";
-    case Phase::kRouter: return "router";
-    case Phase::kPermute: return "permute";
-    case Phase::kAllToAll: return "all-to-all";
-    case Phase::kExperts: return "experts";
-    case Phase::kCombine: return "combine";
-    case Phase::kOptimizer: return "optimizer";
-    case Phase::kCount: break;
+    case Phase::kStep:
+      return "step";
+    case Phase::kAttention:
+      return "attention";
+    case Phase::kRouter:
+      return "router";
+    case Phase::kPermute:
+      return "permute";
+    case Phase::kAllToAll:
+      return "all-to-all";
+    case Phase::kExperts:
+      return "experts";
+    case Phase::kCombine:
+      return "combine";
+    case Phase::kOptimizer:
+      return "optimizer";
+    case Phase::kCount:
+      break;
   }
   return "?";
 }

@@ -15,7 +15,15 @@ namespace dirmoe::trace {
 
 // Phase names (trace event names and NVTX range names).
 enum class Phase : uint8_t {
-  kStep, kAttention, kRouter, kPermute, kAllToAll, kExperts, kCombine, kOptimizer, kCount
+  kStep,
+  kAttention,
+  kRouter,
+  kPermute,
+  kAllToAll,
+  kExperts,
+  kCombine,
+  kOptimizer,
+  kCount
 };
 const char* phase_name(Phase p);
 
@@ -46,8 +54,9 @@ class Recorder {
   // share an origin).
   void set_epoch();
   int64_t now_ns() const {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now() - epoch_).count();
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                                epoch_)
+        .count();
   }
   // Arms recording for one step; disarm() stops it. Events and records of the step stay until
   // clear().

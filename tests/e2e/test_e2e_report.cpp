@@ -12,12 +12,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -35,9 +34,10 @@ struct Proc {
 };
 
 Proc sh(const std::string& cmd, int timeout_s = 300) {
-  fs::path log = fs::temp_directory_path() / ("dirmoe_e2e_report_" + std::to_string(::getpid()) + ".log");
-  std::string full = "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " +
-                     log.string() + " 2>&1";
+  fs::path log =
+      fs::temp_directory_path() / ("dirmoe_e2e_report_" + std::to_string(::getpid()) + ".log");
+  std::string full =
+      "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " + log.string() + " 2>&1";
   int rc = std::system(full.c_str());
   Proc r;
   r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
@@ -92,8 +92,8 @@ TEST(Trace, ValidChromeTraceWithPhasesInsideSteps) {
   ASSERT_NO_THROW(trace = json::parse(in));
   ASSERT_TRUE(trace.contains("traceEvents"));
   const auto& ev = trace["traceEvents"];
-  const std::set<std::string> names = {"step",    "attention", "router",  "permute",
-                                       "all-to-all", "experts", "combine", "optimizer"};
+  const std::set<std::string> names = {"step",       "attention", "router",  "permute",
+                                       "all-to-all", "experts",   "combine", "optimizer"};
   // Steps per rank, sorted by start.
   std::map<int, std::vector<std::pair<double, double>>> steps;
   std::map<std::string, int> seen;
@@ -105,7 +105,8 @@ TEST(Trace, ValidChromeTraceWithPhasesInsideSteps) {
     EXPECT_TRUE(names.count(e["name"].get<std::string>())) << e["name"];
     ++seen[e["name"].get<std::string>()];
     if (e["name"] == "step")
-      steps[e["pid"].get<int>()].push_back({e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>()});
+      steps[e["pid"].get<int>()].push_back(
+          {e["ts"].get<double>(), e["ts"].get<double>() + e["dur"].get<double>()});
   }
   for (const auto& n : names) EXPECT_GT(seen[n], 0) << "no '" << n << "' event";
   ASSERT_EQ(steps.size(), 2u);  // one track per rank
@@ -161,7 +162,8 @@ void expect_valid_png(const fs::path& p) {
   ASSERT_GE(b.size(), 8u);
   ASSERT_TRUE(std::equal(sig, sig + 8, b.begin())) << p;
   auto u32 = [&](size_t o) {
-    return (uint32_t{b[o]} << 24) | (uint32_t{b[o + 1]} << 16) | (uint32_t{b[o + 2]} << 8) | b[o + 3];
+    return (uint32_t{b[o]} << 24) | (uint32_t{b[o + 1]} << 16) | (uint32_t{b[o + 2]} << 8) |
+           b[o + 3];
   };
   size_t o = 8;
   uint32_t w = 0, h = 0;
@@ -209,7 +211,8 @@ TEST(Report, WritesEveryPlotAndTheSummary) {
   fs::path out = run_dir().parent_path() / "observe_report";
   fs::remove_all(out);
   Proc r = sh(bin() + " report " + run_dir().string() + " --out " + out.string() +
-              " --network-gbps 400 --gpus-per-node 1", 120);
+                  " --network-gbps 400 --gpus-per-node 1",
+              120);
   ASSERT_EQ(r.code, 0) << r.output;
   for (const char* s : {"loss: train", "throughput:", "sparsity:", "vs target k = 2",
                         "most imbalanced layers", "most loaded experts", "most loaded ranks",
@@ -248,47 +251,77 @@ TEST(Report, TruncatedLastLinesAndMissingTrafficStillReport) {
   }
   Proc r = sh(bin() + " report " + dir.string(), 120);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("metrics.jsonl:" + std::to_string(kSteps + 1) +
-                          ": truncated last line"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("metrics.jsonl:" + std::to_string(kSteps + 1) + ": truncated last line"),
+            std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("traffic.jsonl:48: truncated last line"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("steps 1-" + std::to_string(kSteps - 1) + " of " + std::to_string(kSteps) +
-                          " (incomplete"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("steps 1-" + std::to_string(kSteps - 1) + " of " +
+                          std::to_string(kSteps) + " (incomplete"),
+            std::string::npos)
+      << r.output;
   for (const auto& p : kPlots) expect_valid_png(dir / "report" / p);
 
   fs::remove(dir / "traffic.jsonl");
   fs::remove_all(dir / "report");
   r = sh(bin() + " report " + dir.string(), 120);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("no traffic.jsonl: the run was not profiled"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("no traffic.jsonl: the run was not profiled"), std::string::npos)
+      << r.output;
   EXPECT_FALSE(fs::exists(dir / "report" / "traffic.png"));
   expect_valid_png(dir / "report" / "expert_load.png");
 }
 
 TEST(Report, StepRangeOutsideTheRunReportsEverything) {
   Proc r = sh(bin() + " report " + run_dir().string() + " --out " +
-              (run_dir().parent_path() / "range_report").string() + " --steps 100:200", 120);
+                  (run_dir().parent_path() / "range_report").string() + " --steps 100:200",
+              120);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("--steps 100:200 lies outside the recorded steps 1-" + std::to_string(kSteps) +
-                          ": reporting every recorded step"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--steps 100:200 lies outside the recorded steps 1-" +
+                          std::to_string(kSteps) + ": reporting every recorded step"),
+            std::string::npos)
+      << r.output;
   r = sh(bin() + " report " + run_dir().string() + " --steps 5:3", 60);
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.output.find("--steps '5:3' is not a range A:B with A <= B"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--steps '5:3' is not a range A:B with A <= B"), std::string::npos)
+      << r.output;
 }
 
+// A blend of two sources (the same corpus twice, weights 0.3/0.7) with a profile range past the
+// run: the per-source counts add up to the tokens per expert, and the range is reported.
 TEST(Profile, RangeOutsideTheRunWarnsAndTheReportSaysWhy) {
   fs::path dir = run_dir().parent_path() / "profile_outside";
   fs::remove_all(dir);
   Proc r = sh(mpiexec(2) + bin() + " train --config " + env("DIRMOE_SOURCE_DIR") +
-              "/configs/tiny.yaml --set data.paths=[" + corpus() +
-              "] --set model.seq_len=16 --set train.micro_batch=1 --set train.steps=2" +
+              "/configs/tiny.yaml --set \"data.paths=[0.3, " + corpus() + ", 0.7, " + corpus() +
+              "]\" --set model.seq_len=16 --set train.micro_batch=2 --set train.steps=2" +
               " --set train.eval_interval=0 --set train.eval_batches=1 --set profile.every=0" +
               " --set \"profile.steps=[5, 9]\" --run-dir " + dir.string());
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("profile.steps [5, 9] lies outside this run (steps 1-2)"), std::string::npos)
+  EXPECT_NE(r.output.find("profile.steps [5, 9] lies outside this run (steps 1-2)"),
+            std::string::npos)
       << r.output;
+  EXPECT_FALSE(fs::exists(dir / "trace.json") && fs::file_size(dir / "trace.json") > 60);
+  int64_t per_source[2] = {0, 0};
+  for (const auto& rec : jsonl(dir / "metrics.jsonl")) {
+    if (!rec.contains("layers")) continue;
+    for (const auto& l : rec["layers"]) {
+      const auto& st = l["source_tokens_per_expert"];
+      ASSERT_EQ(st.size(), 2u);
+      for (size_t e = 0; e < l["tokens_per_expert"].size(); ++e) {
+        EXPECT_EQ(st[0][e].get<int64_t>() + st[1][e].get<int64_t>(),
+                  l["tokens_per_expert"][e].get<int64_t>());
+        per_source[0] += st[0][e].get<int64_t>();
+        per_source[1] += st[1][e].get<int64_t>();
+      }
+    }
+  }
+  EXPECT_GT(per_source[0], 0);
+  EXPECT_GT(per_source[1], per_source[0]);  // 8 samples drawn 0.3 / 0.7
   r = sh(bin() + " report " + dir.string(), 60);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_NE(r.output.find("profile.steps [5, 9] lies outside the recorded steps 1-2"), std::string::npos)
+  EXPECT_TRUE(fs::exists(dir / "report" / "source_routing.png"));
+  EXPECT_NE(r.output.find("profile.steps [5, 9] lies outside the recorded steps 1-2"),
+            std::string::npos)
       << r.output;
 }
 

@@ -3,10 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "runtime/config.h"
 #include "runtime/core/error.h"
@@ -79,10 +78,11 @@ TEST(LoadMonitor, EpisodesWarnOnceAndNameLayerExpertRank) {
   const std::string err = testing::internal::GetCapturedStderr();
   const std::string out = testing::internal::GetCapturedStdout();
   EXPECT_EQ(count(err, "load above monitor.max_over_mean"), 1) << err;
-  EXPECT_NE(err.find("step 3: layer 0 load above monitor.max_over_mean = 2.00 for 3 steps: expert 2 "
-                     "on rank 1 (replicas on rank 3) has 2.50x the mean expert load, rank 0 "
-                     "receives 4.00x the mean rank load"),
-            std::string::npos)
+  EXPECT_NE(
+      err.find("step 3: layer 0 load above monitor.max_over_mean = 2.00 for 3 steps: expert 2 "
+               "on rank 1 (replicas on rank 3) has 2.50x the mean expert load, rank 0 "
+               "receives 4.00x the mean rank load"),
+      std::string::npos)
       << err;
   EXPECT_EQ(count(err, "received no tokens"), 1) << err;
   EXPECT_NE(err.find("step 4: layer 0 expert 3 on rank 1 (replicas on rank 3) received no tokens "
@@ -101,8 +101,7 @@ TEST(LoadMonitor, EpisodesWarnOnceAndNameLayerExpertRank) {
   EXPECT_DOUBLE_EQ(l0["rank_max_over_mean"].get<double>(), 4.0);
   // {3,3,10,0}: mean 4, variance (1+1+36+16)/4 = 13.5.
   EXPECT_DOUBLE_EQ(l0["load_cv"].get<double>(), std::sqrt(13.5) / 4);
-  EXPECT_EQ(l0["source_tokens_per_expert"],
-            nlohmann::json::parse("[[0,0,0,0],[0,0,7,0]]"));
+  EXPECT_EQ(l0["source_tokens_per_expert"], nlohmann::json::parse("[[0,0,0,0],[0,0,7,0]]"));
   EXPECT_EQ(last["worst_layer"].get<int>(), 0);
 }
 
@@ -156,7 +155,8 @@ TEST(ObserveConfig, KeysParseRoundTripAndBadValuesNameTheKey) {
   EXPECT_NE(error_of({"profile.steps=[9, 4]"}).find("profile.steps"), std::string::npos);
   EXPECT_NE(error_of({"profile.steps=7"}).find("expected [first, last]"), std::string::npos);
   EXPECT_NE(error_of({"profile.every=-1"}).find("profile.every"), std::string::npos);
-  EXPECT_NE(error_of({"monitor.max_over_mean=0.5"}).find("monitor.max_over_mean"), std::string::npos);
+  EXPECT_NE(error_of({"monitor.max_over_mean=0.5"}).find("monitor.max_over_mean"),
+            std::string::npos);
   EXPECT_NE(error_of({"monitor.patience=0"}).find("monitor.patience"), std::string::npos);
   EXPECT_NE(error_of({"monitor.dead_window=0"}).find("monitor.dead_window"), std::string::npos);
   EXPECT_NE(error_of({"monitor.nope=1"}).find("no such configuration key"), std::string::npos);

@@ -10,10 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "comm/mpi_communicator.h"
 #include "experts/dispatcher.h"
@@ -87,8 +86,10 @@ void run_skew(int ep) {
       }
       step_scope.end();
       const double a2a = prof.end_step(step);
-      if (step == 1) EXPECT_EQ(a2a, 0.0);
-      else EXPECT_GT(a2a, 0.0);
+      if (step == 1)
+        EXPECT_EQ(a2a, 0.0);
+      else
+        EXPECT_GT(a2a, 0.0);
     }
   }
   if (me != 0) return;
@@ -123,7 +124,9 @@ void run_skew(int ep) {
     EXPECT_EQ(r["time_s"].size(), static_cast<size_t>(W));
   }
   // Every (layer, direction, pass) exactly once, in execution order.
-  const char* order[4][2] = {{"dispatch", "forward"}, {"combine", "forward"}, {"dispatch", "backward"},
+  const char* order[4][2] = {{"dispatch", "forward"},
+                             {"combine", "forward"},
+                             {"dispatch", "backward"},
                              {"combine", "backward"}};
   for (int i = 0; i < 4 * L; ++i) {
     const int half = i / (2 * L), within = i % (2 * L);
@@ -160,7 +163,9 @@ void run_skew(int ep) {
   EXPECT_EQ(a2a, W * 4 * L);
 }
 
-TEST(TrafficProfile, ClosedFormSkewEpEqualsWorld) { run_skew(MpiCommunicator(MPI_COMM_WORLD, false, "w").size()); }
+TEST(TrafficProfile, ClosedFormSkewEpEqualsWorld) {
+  run_skew(MpiCommunicator(MPI_COMM_WORLD, false, "w").size());
+}
 
 TEST(TrafficProfile, ClosedFormSkewTwoRankEpGroups) {
   MpiCommunicator world(MPI_COMM_WORLD, false, "w");
