@@ -117,6 +117,28 @@ void Dispatcher<T>::regroup(const T* in, T* out, int64_t width, bool wire_to_exp
 }
 
 template <class T>
+void Dispatcher<T>::exchange(const T* send, const int64_t* send_elems, T* recv,
+                             const int64_t* recv_elems, const std::vector<int64_t>& sent_rows,
+                             int64_t width, trace::Direction dir) {
+  trace::Recorder& rec = trace::Recorder::get();
+  const int64_t t0 = rec.armed() ? rec.now_ns() : 0;
+  {
+    trace::Scope scope(trace::Phase::kAllToAll);
+    comm_->all_to_all_v(send, send_elems, recv, recv_elems, dtype_of<T>());
+  }
+  if (rec.armed()) {
+    trace::TrafficRecord r;
+    r.layer = trace_layer_;
+    r.direction = dir;
+    r.pass = rec.pass();
+    r.send_rows = sent_rows;
+    r.row_bytes = width * static_cast<int64_t>(sizeof(T));
+    r.seconds = static_cast<double>(rec.now_ns() - t0) * 1e-9;
+    rec.add_traffic(std::move(r));
+  }
+}
+
+template <class T>
 void Dispatcher<T>::dispatch(const T* rows, const int64_t* row_index, int64_t width, T* out) {
   DIRMOE_CHECK(planned_, "dispatcher: dispatch before plan");
   DIRMOE_CHECK(width >= 1, "dispatcher: row width must be >= 1, got ", width);
@@ -124,17 +146,21 @@ void Dispatcher<T>::dispatch(const T* rows, const int64_t* row_index, int64_t wi
   send_buf_.grow(num_send * width);
   wire_buf_.grow(num_received_ * width);
   T* send = send_buf_.data();
-  for (int64_t a = 0; a < nnz_; ++a) {
-    if (slot_[a] < 0) continue;
-    const T* src = rows + (row_index ? row_index[a] : a) * width;
-    std::copy(src, src + width, send + slot_[a] * width);
+  {
+    trace::Scope scope(trace::Phase::kPermute);
+    for (int64_t a = 0; a < nnz_; ++a) {
+      if (slot_[a] < 0) continue;
+      const T* src = rows + (row_index ? row_index[a] : a) * width;
+      std::copy(src, src + width, send + slot_[a] * width);
+    }
   }
   for (int r = 0; r < ep_; ++r) {
     send_elems_[r] = send_rows_[r] * width;
     recv_elems_[r] = recv_rows_[r] * width;
   }
-  comm_->all_to_all_v(send, send_elems_.data(), wire_buf_.data(), recv_elems_.data(),
-                      dtype_of<T>());
+  exchange(send, send_elems_.data(), wire_buf_.data(), recv_elems_.data(), send_rows_, width,
+           trace::Direction::kDispatch);
+  trace::Scope scope(trace::Phase::kPermute);
   regroup(wire_buf_.data(), out, width, /*wire_to_expert=*/true);
 }
 
@@ -145,13 +171,17 @@ void Dispatcher<T>::combine(const T* in, int64_t width, T* out) {
   const int64_t num_send = nnz_ - num_dropped_;
   send_buf_.grow(num_send * width);
   wire_buf_.grow(num_received_ * width);
-  regroup(in, wire_buf_.data(), width, /*wire_to_expert=*/false);
+  {
+    trace::Scope scope(trace::Phase::kPermute);
+    regroup(in, wire_buf_.data(), width, /*wire_to_expert=*/false);
+  }
   for (int r = 0; r < ep_; ++r) {
     send_elems_[r] = send_rows_[r] * width;
     recv_elems_[r] = recv_rows_[r] * width;
   }
-  comm_->all_to_all_v(wire_buf_.data(), recv_elems_.data(), send_buf_.data(), send_elems_.data(),
-                      dtype_of<T>());
+  exchange(wire_buf_.data(), recv_elems_.data(), send_buf_.data(), send_elems_.data(), recv_rows_,
+           width, trace::Direction::kCombine);
+  trace::Scope scope(trace::Phase::kPermute);
   const T* back = send_buf_.data();
   for (int64_t a = 0; a < nnz_; ++a) {
     T* dst = out + a * width;

@@ -9,6 +9,7 @@
 #include "comm/communicator.h"
 #include "experts/placement.h"
 #include "runtime/core/tensor.h"
+#include "runtime/core/trace.h"
 
 namespace dirmoe {
 
@@ -46,9 +47,14 @@ class Dispatcher {
   // Rows this rank sends to / receives from each EP rank in the last plan (for traffic records).
   const std::vector<int64_t>& send_rows() const { return send_rows_; }
   const std::vector<int64_t>& recv_rows() const { return recv_rows_; }
+  // MoE layer index written into traffic records (trace::Recorder) while profiling is armed.
+  void set_trace_layer(int layer) { trace_layer_ = layer; }
 
  private:
   void regroup(const T* in, T* out, int64_t width, bool wire_to_expert) const;
+  // all_to_all_v with the "all-to-all" phase range and, when armed, a traffic record.
+  void exchange(const T* send, const int64_t* send_elems, T* recv, const int64_t* recv_elems,
+                const std::vector<int64_t>& sent_rows, int64_t width, trace::Direction dir);
 
   Placement placement_;
   Communicator* comm_;
@@ -56,6 +62,7 @@ class Dispatcher {
   int rank_ = 0;
   int max_local_ = 1;
   int num_local_ = 1;
+  int trace_layer_ = -1;
 
   int64_t nnz_ = 0;
   int64_t num_dropped_ = 0;

@@ -9,6 +9,7 @@
 #include "experts/dispatcher.h"
 #include "kernels/cpu/ops.h"
 #include "runtime/core/error.h"
+#include "runtime/core/trace.h"
 
 namespace dirmoe {
 namespace {
@@ -46,6 +47,7 @@ struct MoELayer<T>::Impl {
           std::make_unique<Parameter<T>>(name + ".w3", Shape{f, d}, ParamKind::kExpert, e));
     }
     stats.tokens_per_expert.assign(cfg.num_experts, 0);
+    dispatcher.set_trace_layer(layer);
   }
 
   int64_t capacity(int64_t N) const {
@@ -95,7 +97,10 @@ void MoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& ctx)
   const int64_t d = m.cfg.hidden, f = m.cfg.ffn_hidden;
   DIRMOE_CHECK(N >= 0, "moe: negative token count ", N);
   DIRMOE_CHECK(N == 0 || (x != nullptr && y != nullptr), "moe: null x or y for ", N, " tokens");
-  m.router->forward(x, N, ctx, m.routing);
+  {
+    trace::Scope scope(trace::Phase::kRouter);
+    m.router->forward(x, N, ctx, m.routing);
+  }
   const Routing<T>& r = m.routing;
   const int64_t nnz = r.nnz();
   DIRMOE_CHECK(r.num_tokens == N && static_cast<int64_t>(r.offsets.size()) == N + 1 &&
@@ -122,6 +127,7 @@ void MoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& ctx)
   for (int le = 0; le < m.dispatcher.num_local_experts(); ++le) {
     const int64_t n = m.dispatcher.expert_rows(le), off = m.dispatcher.expert_offset(le);
     if (n == 0) continue;
+    trace::Scope scope(trace::Phase::kExperts);
     T* h1 = m.h1.data() + off * f;
     T* h3 = m.h3.data() + off * f;
     T* act = m.act.data() + off * f;
@@ -133,12 +139,15 @@ void MoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& ctx)
   }
   m.dispatcher.combine(m.oe.data(), d, m.out.data());
 
-  std::fill(y, y + N * d, T{});
-  for (int64_t a = 0; a < nnz; ++a) {
-    const T w = r.weights[a];
-    const T* o = m.out.data() + a * d;
-    T* yt = y + m.token_of[a] * d;
-    for (int64_t j = 0; j < d; ++j) yt[j] += w * o[j];
+  {
+    trace::Scope scope(trace::Phase::kCombine);
+    std::fill(y, y + N * d, T{});
+    for (int64_t a = 0; a < nnz; ++a) {
+      const T w = r.weights[a];
+      const T* o = m.out.data() + a * d;
+      T* yt = y + m.token_of[a] * d;
+      for (int64_t j = 0; j < d; ++j) yt[j] += w * o[j];
+    }
   }
   m.N = N;
   m.has_forward = true;
@@ -164,22 +173,26 @@ void MoELayer<T>::backward(const T* dy, double loss_scale, T* dx) {
   m.dh3.grow(R * f);
   m.dxe.grow(R * d);
 
-  for (int64_t a = 0; a < nnz; ++a) {
-    const T* g = dy + m.token_of[a] * d;
-    const T* o = m.out.data() + a * d;
-    T* row = m.rows.data() + a * d;
-    const T w = r.weights[a];
-    T dot = 0;
-    for (int64_t j = 0; j < d; ++j) {
-      dot += g[j] * o[j];
-      row[j] = w * g[j];
+  {
+    trace::Scope scope(trace::Phase::kCombine);  // backward of the weighted combine
+    for (int64_t a = 0; a < nnz; ++a) {
+      const T* g = dy + m.token_of[a] * d;
+      const T* o = m.out.data() + a * d;
+      T* row = m.rows.data() + a * d;
+      const T w = r.weights[a];
+      T dot = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        dot += g[j] * o[j];
+        row[j] = w * g[j];
+      }
+      m.dw[a] = dot;
     }
-    m.dw[a] = dot;
   }
   m.dispatcher.dispatch(m.rows.data(), nullptr, d, m.oe.data());
   for (int le = 0; le < m.dispatcher.num_local_experts(); ++le) {
     const int64_t n = m.dispatcher.expert_rows(le), off = m.dispatcher.expert_offset(le);
     if (n == 0) continue;
+    trace::Scope scope(trace::Phase::kExperts);
     T* dact = m.dact.data() + off * f;
     T* dh1 = m.dh1.data() + off * f;
     T* dh3 = m.dh3.data() + off * f;
@@ -194,12 +207,16 @@ void MoELayer<T>::backward(const T* dy, double loss_scale, T* dx) {
   }
   m.dispatcher.combine(m.dxe.data(), d, m.rows.data());
 
-  std::fill(dx, dx + N * d, T{});
-  for (int64_t a = 0; a < nnz; ++a) {
-    const T* row = m.rows.data() + a * d;
-    T* dxt = dx + m.token_of[a] * d;
-    for (int64_t j = 0; j < d; ++j) dxt[j] += row[j];
+  {
+    trace::Scope scope(trace::Phase::kCombine);  // backward of the token -> assignment fan-out
+    std::fill(dx, dx + N * d, T{});
+    for (int64_t a = 0; a < nnz; ++a) {
+      const T* row = m.rows.data() + a * d;
+      T* dxt = dx + m.token_of[a] * d;
+      for (int64_t j = 0; j < d; ++j) dxt[j] += row[j];
+    }
   }
+  trace::Scope scope(trace::Phase::kRouter);
   m.router->backward(m.dw.data(), loss_scale, dx);
 }
 

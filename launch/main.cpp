@@ -10,6 +10,7 @@
 
 #include "comm/bootstrap.h"
 #include "launch/commands.h"
+#include "launch/report/report.h"
 #include "runtime/config.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   dirmoe::register_data_commands(app, &exit_code);
   dirmoe::register_topology_command(app, &exit_code);
   dirmoe::register_export_commands(app, &exit_code);
+  dirmoe::register_report_command(app, &exit_code);
 
   try {
     app.parse(argc, argv);

@@ -31,7 +31,9 @@ const std::set<std::string>& sections() {
                                           "train",
                                           "data",
                                           "output",
-                                          "checkpoint"};
+                                          "checkpoint",
+                                          "monitor",
+                                          "profile"};
   return s;
 }
 
@@ -232,6 +234,16 @@ const std::map<std::string, Setter>& schema() {
       F("checkpoint.at_end", c.checkpoint.at_end = parse_bool(n)),
       F("checkpoint.dir", c.checkpoint.dir = n.IsNull() ? "" : as<std::string>(n, "a directory")),
       F("checkpoint.resume", c.checkpoint.resume = n.IsNull() ? "" : as<std::string>(n, "auto or a checkpoint directory")),
+      F("monitor.max_over_mean", c.monitor.max_over_mean = as<double>(n, "a number")),
+      F("monitor.patience", c.monitor.patience = as<int64_t>(n, "an integer")),
+      F("monitor.dead_window", c.monitor.dead_window = as<int64_t>(n, "an integer")),
+      F("profile.every", c.profile.every = as<int64_t>(n, "an integer")),
+      F("profile.steps",
+        if (n.IsNull()) { c.profile.first = c.profile.last = 0; return; }
+        if (!n.IsSequence() || n.size() != 2) throw std::invalid_argument(
+            "expected [first, last] (1-based steps) or null");
+        c.profile.first = as<int64_t>(n[0], "an integer"); c.profile.last = as<int64_t>(n[1], "an integer")),
+      F("profile.trace", c.profile.trace = parse_bool(n)),
   };
 #undef F
   return s;
@@ -402,6 +414,15 @@ void validate(const Config& c) {
   check_range(c.device == "cpu" || c.device == "auto" || c.device == "cuda", "device",
               "must be cpu, cuda or auto, got '" + c.device + "'");
   check_range(!c.output.run_dir.empty(), "output.run_dir", "must not be empty");
+  check_range(c.monitor.max_over_mean >= 1 || c.monitor.max_over_mean == 0, "monitor.max_over_mean",
+              "must be >= 1 (0 = no warnings), got " + num(c.monitor.max_over_mean));
+  check_range(c.monitor.patience >= 1, "monitor.patience", "must be >= 1, got " + num(c.monitor.patience));
+  check_range(c.monitor.dead_window >= 1, "monitor.dead_window",
+              "must be >= 1, got " + num(c.monitor.dead_window));
+  check_range(c.profile.every >= 0, "profile.every", "must be >= 0 (0 = off), got " + num(c.profile.every));
+  check_range(c.profile.first == 0 || (c.profile.first >= 1 && c.profile.last >= c.profile.first),
+              "profile.steps", "must be [first, last] with 1 <= first <= last, got [" +
+                                   num(c.profile.first) + ", " + num(c.profile.last) + "]");
 }
 
 }  // namespace
@@ -562,6 +583,16 @@ std::string to_yaml(const Config& c) {
   y << YAML::Key << "resume" << YAML::Value;
   if (ck.resume.empty()) y << YAML::Null; else y << ck.resume;
   y << YAML::EndMap;
+  y << YAML::Key << "monitor" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "max_over_mean" << YAML::Value << c.monitor.max_over_mean;
+  y << YAML::Key << "patience" << YAML::Value << c.monitor.patience;
+  y << YAML::Key << "dead_window" << YAML::Value << c.monitor.dead_window << YAML::EndMap;
+  y << YAML::Key << "profile" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "every" << YAML::Value << c.profile.every;
+  y << YAML::Key << "steps" << YAML::Value;
+  if (c.profile.first > 0) y << YAML::Flow << std::vector<int64_t>{c.profile.first, c.profile.last};
+  else y << YAML::Null;
+  y << YAML::Key << "trace" << YAML::Value << c.profile.trace << YAML::EndMap;
   y << YAML::EndMap;
   return std::string(y.c_str()) + "\n";
 }

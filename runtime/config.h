@@ -10,6 +10,7 @@
 
 #include "experts/moe_layer.h"
 #include "runtime/data/dataset.h"
+#include "runtime/observe_config.h"
 
 namespace dirmoe {
 
@@ -75,6 +76,8 @@ struct Config {
   data::DataConfig data;
   OutputConfig output;
   CheckpointConfig checkpoint;
+  MonitorConfig monitor;
+  ProfileConfig profile;
   std::string device = "cpu";  // cpu | auto (CUDA comes with the GPU backend)
   std::string source;          // file it was loaded from
 };

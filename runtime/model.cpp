@@ -7,6 +7,7 @@
 #include "kernels/cpu/ops.h"
 #include "runtime/core/error.h"
 #include "runtime/core/philox.h"
+#include "runtime/core/trace.h"
 
 namespace dirmoe {
 
@@ -120,10 +121,12 @@ struct Model<T>::Impl {
         targets[b * S + s] = tokens[b * (S + 1) + s + 1];
       }
     // ---- forward ----
+    trace::Recorder::get().set_pass(trace::Pass::kForward);
     cpu::embedding_forward(x.data(), inputs.data(), embed.value.data(), N, d, Vp);
     MicroBatchResult res;
     for (size_t l = 0; l < layers.size(); ++l) {
       auto& L = layers[l];
+      trace::Scope attention_scope(trace::Phase::kAttention);
       std::copy(x.data(), x.data() + N * d, L.x_in.data());
       cpu::rmsnorm_forward(L.xn1.data(), L.rstd1.data(), x.data(), L.attn_norm.value.data(), N, d, eps);
       cpu::linear_forward(L.q.data(), L.xn1.data(), L.wq.value.data(), N, d, Hq * hd);
@@ -137,6 +140,7 @@ struct Model<T>::Impl {
                           /*accumulate=*/true);
       std::copy(x.data(), x.data() + N * d, L.x_mid.data());
       cpu::rmsnorm_forward(L.xn2.data(), L.rstd2.data(), x.data(), L.ffn_norm.value.data(), N, d, eps);
+      attention_scope.end();
       ctx.layer = static_cast<int>(l);
       L.moe->forward(L.xn2.data(), moe_out.data(), N, ctx);
       cpu::add_inplace(x.data(), moe_out.data(), N * d);
@@ -151,6 +155,7 @@ struct Model<T>::Impl {
     if (!backward) return res;
 
     // ---- backward ----
+    trace::Recorder::get().set_pass(trace::Pass::kBackward);
     cpu::cross_entropy_backward(logits.data(), logits.data(), ce_lse.data(), targets.data(),
                                 loss_scale / static_cast<double>(N), N, V, Vp);
     cpu::linear_backward(dtmp.data(), lm_head.grad.data(), logits.data(), xf.data(),
@@ -164,6 +169,7 @@ struct Model<T>::Impl {
       cpu::rmsnorm_backward(dres.data(), L.ffn_norm.grad.data(), dtmp.data(), L.x_mid.data(),
                             L.ffn_norm.value.data(), L.rstd2.data(), N, d, /*accumulate_dx=*/true);
       // x_mid = x_in + attention(rmsnorm(x_in)) wo^T
+      trace::Scope attention_scope(trace::Phase::kAttention);
       cpu::linear_backward(datt.data(), L.wo.grad.data(), dres.data(), L.att.data(),
                            L.wo.value.data(), N, Hq * hd, d);
       cpu::attention_backward(dq.data(), dk.data(), dv.data(), datt.data(), L.q.data(), L.k.data(),
@@ -241,6 +247,11 @@ template <class T>
 int Model<T>::num_layers() const { return static_cast<int>(impl_->layers.size()); }
 template <class T>
 const MoEStats& Model<T>::moe_stats(int layer) const { return impl_->layers.at(layer).moe->stats(); }
+
+template <class T>
+const Routing<T>& Model<T>::routing(int layer) const {
+  return impl_->layers.at(layer).moe->routing();
+}
 template <class T>
 const Config& Model<T>::config() const { return impl_->cfg; }
 

@@ -43,6 +43,8 @@ class Model {
   const T* logits() const;
   int num_layers() const;
   const MoEStats& moe_stats(int layer) const;
+  // The routing of layer `layer` in the last forward (token order: b * seq_len + s).
+  const Routing<T>& routing(int layer) const;
   const Config& config() const;
 
  private:

@@ -19,10 +19,13 @@
 #include "kernels/cpu/ops.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
+#include "runtime/core/trace.h"
 #include "runtime/data/dataset.h"
 #include "runtime/checkpoint.h"
 #include "runtime/model.h"
 #include "runtime/resilience.h"
+#include "runtime/monitor.h"
+#include "runtime/profiler.h"
 #include "runtime/schedule.h"
 
 namespace dirmoe {
@@ -95,6 +98,16 @@ class Trainer {
     }
     ckpt_ = std::make_unique<Checkpointer<T>>(cfg_, world_, *ep_comm_, rank_ / cfg_.parallel.ep,
                                               params_, mp, vp);
+    if (rank_ == 0) {  // the profiler opens its files here; metrics.jsonl comes in run()
+      std::error_code ec;
+      fs::create_directories(cfg_.output.run_dir, ec);
+      DIRMOE_CHECK(!ec, "cannot create run directory '", cfg_.output.run_dir, "': ", ec.message());
+    }
+    monitor_ = std::make_unique<LoadMonitor>(cfg_.monitor, placement_, model_->num_layers(), W_,
+                                             rank_, train_data_->num_sources());
+    profiler_ = std::make_unique<Profiler>(cfg_.profile, world_, cfg_.parallel.ep,
+                                           cfg_.output.run_dir,
+                                           cfg_.train.stop_at > 0 ? cfg_.train.stop_at : cfg_.train.steps);
   }
 
   TrainSummary run() {
@@ -131,6 +144,9 @@ class Trainer {
     for (int64_t step = first; step < last; ++step) {
       auto t0 = Clock::now();
       watchdog.beat(step + 1, "training step");
+      const bool profiled = profiler_->begin_step(step + 1);
+      trace::Scope step_scope(trace::Phase::kStep);
+      monitor_->begin_step();
       for (auto* p : params_) p->grad.zero();
       const int L = model_->num_layers(), E = cfg_.moe.num_experts;
       std::vector<int64_t> counts(static_cast<size_t>(L) * E + L, 0);  // tokens/expert, dropped
@@ -145,6 +161,7 @@ class Trainer {
         RouterContext ctx{t.seed, step, 0, g * B * S, true};
         MicroBatchResult r = model_->forward_backward(tokens_.data(), B, ctx, scale, true);
         if (a == 0) fault_.maybe_fire(rank_, step + 1);
+        observe_micro_batch(g * B);
         scalars[0] += r.ce_loss * scale;
         scalars[1] += r.router_loss * scale;
         if (a == 0) {
@@ -170,6 +187,8 @@ class Trainer {
       world_.all_reduce(counts.data(), counts.size(), DType::kI64, ReduceOp::kSum);
       for (auto* p : params_)
         if (fault_.poisons(p->name, step + 1)) p->grad[0] = std::numeric_limits<T>::quiet_NaN();
+      monitor_->reduce(world_);
+      trace::Scope optimizer_scope(trace::Phase::kOptimizer);
       double gnorm = reduce_gradients();
       double lr = lr_at(step, t.steps, t.lr, t.min_lr, t.warmup);
       bool finite = std::isfinite(gnorm) && std::isfinite(scalars[0]);
@@ -180,7 +199,10 @@ class Trainer {
       } else {
         handle_nonfinite(step + 1, scalars[0], gnorm);
       }
+      optimizer_scope.end();
+      step_scope.end();
       double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+      const double alltoall_s = profiler_->end_step(step + 1);
       double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       sum.losses.push_back(scalars[0]);
       sum.final_train_loss = scalars[0];
@@ -191,7 +213,6 @@ class Trainer {
                             {"grad_norm", gnorm},        {"tokens_per_s", global_tokens / dt},
                             {"step_time_s", dt},         {"tokens", global_tokens}};
       double worst = 0, mean_active = 0;
-      int worst_layer = 0;
       nlohmann::json layers = nlohmann::json::array();
       for (int l = 0; l < L; ++l) {
         std::vector<int64_t> tpe(counts.begin() + l * E, counts.begin() + (l + 1) * E);
@@ -201,10 +222,7 @@ class Trainer {
           mx = std::max(mx, static_cast<double>(c));
         }
         double ratio = total > 0 ? mx / (total / E) : 0.0;
-        if (ratio > worst) {
-          worst = ratio;
-          worst_layer = l;
-        }
+        worst = std::max(worst, ratio);
         const double* ls = scalars.data() + 2 + layer_off[l];
         nlohmann::json lj = {{"layer", l},
                              {"tokens_per_expert", tpe},
@@ -215,8 +233,6 @@ class Trainer {
                              {"dropped", counts[L * E + l]}};
         const auto& names = model_->moe_stats(l).router.scalars;
         for (size_t j = 0; j < names.size(); ++j) lj[names[j].first] = ls[3 + j];
-        // Experts that received no token from the whole global batch of this step.
-        lj["dead_experts"] = std::count(tpe.begin(), tpe.end(), int64_t{0});
         layers.push_back(lj);
         mean_active += ls[2] / L;
       }
@@ -224,6 +240,8 @@ class Trainer {
       rec["load_max_over_mean"] = worst;
       rec["active_experts"] = mean_active;
       if (!finite) rec["skipped"] = true;
+      const std::string load_line = monitor_->finish_step(step + 1, counts.data(), rec);
+      if (profiled) rec["alltoall_time_s"] = alltoall_s;
       bool do_eval = (t.eval_interval > 0 && (step + 1) % t.eval_interval == 0) || step + 1 == last;
       if (do_eval) {
         double ev = evaluate();
@@ -236,13 +254,14 @@ class Trainer {
         log_info("step ", pad(step + 1, last), "/", last, " | loss ", fixed(scalars[0], 4),
                  " | lr ", sci(lr), " | gnorm ", fixed(gnorm, 3), " | ",
                  fmt_rate(global_tokens / dt), " tok/s | active ", fixed(mean_active, 2),
-                 router_progress(layers), " | load max/mean ", fixed(worst, 2), " (layer ", worst_layer, ") | ETA ",
+                 router_progress(layers), " | ", load_line, " | ETA ",
                  fmt_duration(eta));
       }
       if (do_eval)
         log_info("eval  step ", step + 1, " | loss ", fixed(sum.final_eval_loss, 4));
       if (checkpoint_after(step + 1, last, lr, watchdog)) break;
     }
+    profiler_->finish();
     sum.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     auto ev = [](double v) { return std::isfinite(v) ? fixed(v, 4) : std::string("-"); };
     log_info("done: ", sum.steps_run - first, " steps in ", fixed(sum.seconds, 1), " s | eval loss ",
@@ -328,6 +347,19 @@ class Trainer {
     DIRMOE_CHECK(nonfinite_ < cfg_.train.max_nonfinite_steps, "step ", s1, ": ", nonfinite_,
                  " non-finite steps in a row (train.max_nonfinite_steps = ",
                  cfg_.train.max_nonfinite_steps, "); ending the run, see the warnings above");
+  }
+
+  // Monitor input of one training micro-batch: rows received per layer, routing per data source.
+  void observe_micro_batch(int64_t first_sample) {
+    const int64_t S = cfg_.model.seq_len;
+    for (int l = 0; l < model_->num_layers(); ++l) {
+      monitor_->add_received(l, model_->moe_stats(l).received);
+      const Routing<T>& r = model_->routing(l);
+      for (int64_t b = 0; b < cfg_.train.micro_batch; ++b) {
+        int64_t* sc = monitor_->source_counts(l, train_data_->source_of(first_sample + b));
+        for (int64_t a = r.offsets[b * S]; a < r.offsets[(b + 1) * S]; ++a) ++sc[r.experts[a]];
+      }
+    }
   }
 
   void load_batch(const data::TrainingData& data, int64_t first_sample) {
@@ -432,6 +464,8 @@ class Trainer {
   std::unique_ptr<Checkpointer<T>> ckpt_;
   FaultPlan fault_;
   int nonfinite_ = 0;  // consecutive non-finite steps
+  std::unique_ptr<LoadMonitor> monitor_;
+  std::unique_ptr<Profiler> profiler_;
 };
 
 }  // namespace
