@@ -18,42 +18,14 @@
 #include <string>
 #include <vector>
 
+#include "e2e_util.h"
+
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
-struct Proc {
-  int code = -1;
-  std::string output;
-};
-
-Proc sh(const std::string& cmd, int timeout_s = 300) {
-  fs::path log =
-      fs::temp_directory_path() / ("dirmoe_e2e_report_" + std::to_string(::getpid()) + ".log");
-  std::string full =
-      "timeout -s KILL " + std::to_string(timeout_s) + " " + cmd + " > " + log.string() + " 2>&1";
-  int rc = std::system(full.c_str());
-  Proc r;
-  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
-  std::ifstream in(log);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  r.output = ss.str();
-  fs::remove(log);
-  return r;
-}
-
-std::string bin() { return env("DIRMOE_BIN"); }
-std::string corpus() { return env("DIRMOE_SOURCE_DIR") + "/data/brown/brown_gpt2"; }
-std::string mpiexec(int np) {
-  return env("DIRMOE_MPIEXEC") + " -n " + std::to_string(np) + " --oversubscribe ";
-}
+using namespace dirmoe::e2e;
 
 const int kSteps = 6;
 const int64_t kSeq = 32, kBatch = 2, kK = 2;
@@ -69,6 +41,7 @@ const fs::path& run_dir() {
                 std::to_string(kSeq) + " --set train.micro_batch=" + std::to_string(kBatch) +
                 " --set train.steps=" + std::to_string(kSteps) +
                 " --set train.eval_interval=3 --set train.eval_batches=1 --set profile.every=2" +
+                " --set checkpoint.at_end=false" +
                 " --run-dir " + p.string());
     EXPECT_EQ(r.code, 0) << r.output;
     return p;
