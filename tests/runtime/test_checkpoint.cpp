@@ -26,6 +26,8 @@
 #include "runtime/model.h"
 #include "runtime/safetensors.h"
 
+#include "tests/common/error_of.h"
+
 namespace dirmoe {
 namespace {
 
@@ -118,15 +120,7 @@ void clean(const std::string& dir) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 // Rank 0 edits a file of the checkpoint; everyone waits.
 template <class F>

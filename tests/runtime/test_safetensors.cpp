@@ -15,6 +15,8 @@
 #include "runtime/core/error.h"
 #include "runtime/safetensors.h"
 
+#include "tests/common/error_of.h"
+
 namespace dirmoe::safetensors {
 namespace {
 
@@ -37,15 +39,7 @@ void spit(const fs::path& p, const std::string& bytes) {
   std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 // A file built from the specification alone: header {"a": F32 [2,3], "b": F64 [2]}.
 std::string hand_written(const std::vector<float>& a, const std::vector<double>& b,
