@@ -114,7 +114,7 @@ SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$sock
+AuthInfo=socket=$sock,cred_expire=10
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$work/state
@@ -247,17 +247,11 @@ stopped=$(sed -n 's/^signal [0-9]* received: stopping after step \([0-9]*\) with
 [ -n "$stopped" ] || { cat "$out"; fail "dirmoe did not report stopping on the signal with a checkpoint"; }
 echo "$stopped" > "$work/stopped_at"
 [ -d "$run/checkpoints/step_$stopped" ] || fail "no checkpoint $run/checkpoints/step_$stopped"
-# Slurm holds a requeued job back for a while before it may start again: once its first run has
-# ended (PENDING again), release it, and again if the release came before Slurm was ready for it.
-wait_for 120 "requeued job $id to be pending again" sh -c "[ \"\$(scontrol show job $id | grep -o 'JobState=[A-Z]*')\" = JobState=PENDING ]"
-released_or_done() {
-  local state
-  state=$(job_state "$1")
-  [ "$state" = COMPLETED ] && return 0
-  [ "$state" = PENDING ] && scontrol update JobId="$1" StartTime=now >/dev/null 2>&1
-  return 1
-}
-wait_for 180 "requeued job $id to complete" released_or_done "$id"
+# The requeued job starts again by itself once its old credential has expired (cred_expire=10 in
+# AuthInfo above; 120 s by default).
+wait_for 180 "requeued job $id to finish" \
+  sh -c "scontrol show job $id | grep -Eq 'JobState=(COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL)'"
+[ "$(job_state "$id")" = COMPLETED ] || { cat "$out"; fail "requeued job $id ended in state $(job_state "$id")"; }
 cat "$out"
 grep -qxF "train.sbatch: requeueing job $id" "$out" || fail "train.sbatch did not requeue job $id"
 grep -qF "train.sbatch: job $id (restart 1)" "$out" || fail "job $id did not restart"
