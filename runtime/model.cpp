@@ -1,6 +1,7 @@
 // LLaMA-MoE forward/backward on the CPU op set; see model.h.
 #include "runtime/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -211,25 +212,33 @@ template <class T>
 Model<T>::~Model() = default;
 
 template <class T>
-void Model<T>::init_weights(uint64_t seed) {
-  const auto& m = impl_->cfg.model;
-  const double scaled = m.init_std / std::sqrt(2.0 * m.layers);
-  for (Parameter<T>* p : parameters()) {
-    const std::string& n = p->name;
-    auto ends_with = [&](const char* suffix) {
-      std::string s(suffix);
-      return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
-    };
-    if (ends_with("norm")) {
-      for (auto& v : p->value) v = T(1);
-      continue;
-    }
-    double std = (ends_with("attn.wo") || ends_with(".w2")) ? scaled : m.init_std;
-    PhiloxStream rng{seed, stable_hash32(n.c_str())};
-    for (int64_t i = 0; i < p->numel(); ++i)
-      p->value[i] = static_cast<T>(std * rng.normal(static_cast<uint32_t>(i),
-                                                   static_cast<uint32_t>(i >> 32), 0));
+void init_parameter(const ModelConfig& m, const std::string& name, T* values, int64_t n,
+                    uint64_t seed) {
+  auto ends_with = [&](const char* suffix) {
+    std::string s(suffix);
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  if (ends_with("norm")) {
+    std::fill(values, values + n, T(1));
+    return;
   }
+  const double scaled = m.init_std / std::sqrt(2.0 * m.layers);
+  const double std = (ends_with("attn.wo") || ends_with(".w2")) ? scaled : m.init_std;
+  PhiloxStream rng{seed, stable_hash32(name.c_str())};
+  for (int64_t i = 0; i < n; ++i)
+    values[i] = static_cast<T>(std * rng.normal(static_cast<uint32_t>(i),
+                                                static_cast<uint32_t>(i >> 32), 0));
+}
+
+template void init_parameter<float>(const ModelConfig&, const std::string&, float*, int64_t,
+                                    uint64_t);
+template void init_parameter<double>(const ModelConfig&, const std::string&, double*, int64_t,
+                                     uint64_t);
+
+template <class T>
+void Model<T>::init_weights(uint64_t seed) {
+  for (Parameter<T>* p : parameters())
+    init_parameter(impl_->cfg.model, p->name, p->value.data(), p->numel(), seed);
 }
 
 template <class T>

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -21,6 +22,13 @@ struct MicroBatchResult {
   double router_loss = 0;  // sum over MoE layers of the routers' weighted loss terms
 };
 
+// The initial value of the parameter `name` (n elements) from a counter-based normal stream keyed by
+// (seed, name): the same whatever the sharding or the device. Norm weights are 1; attn.wo and the
+// experts' w2 use init_std / sqrt(2 * layers), everything else init_std.
+template <class T>
+void init_parameter(const ModelConfig& m, const std::string& name, T* values, int64_t n,
+                    uint64_t seed);
+
 template <class T>
 class Model {
  public:
@@ -28,8 +36,7 @@ class Model {
   Model(const Config& cfg, Communicator* ep_comm, const Placement& placement);
   ~Model();
 
-  // Every parameter from a counter-based normal stream keyed by (seed, parameter name): the same
-  // values whatever the sharding. Norm weights are 1; wo and w2 use init_std / sqrt(2 * layers).
+  // Every parameter by init_parameter(seed).
   void init_weights(uint64_t seed);
 
   // tokens[B, S+1]: inputs tokens[:, :S], targets tokens[:, 1:]. When `backward`, accumulates

@@ -1,11 +1,16 @@
 // RAII owner of device memory (cudaFree only in its deleter) with host <-> device copies, for
-// init-time allocations, scratch and tests. Plain C++: no kernels here.
+// init-time allocations, scratch and tests, and the device-side trainable parameter. Plain C++: no
+// kernels here.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "runtime/core/cuda_check.h"
@@ -32,6 +37,10 @@ class DeviceBuffer {
       ptr_.reset(static_cast<T*>(p));
     }
     size_ = n;
+  }
+  // Reallocates (contents are lost) only when n exceeds the size: activation buffers that only grow.
+  void grow(int64_t n) {
+    if (n > size_) resize(n);
   }
   T* data() { return ptr_.get(); }
   const T* data() const { return ptr_.get(); }
@@ -62,6 +71,45 @@ class DeviceBuffer {
   };
   std::unique_ptr<T, Free> ptr_;
   int64_t size_ = 0;
+};
+
+// A trainable tensor on the device (the GPU counterpart of dirmoe::Parameter): fp32 master weights
+// and fp32 gradients; `half` holds the bf16 copy the matmuls read when the model runs in bf16 (empty
+// in fp32 mode). Names, shapes and kinds follow the CPU model's parameters one for one.
+struct DeviceParameter {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool expert = false;  // ParamKind::kExpert on the CPU side
+  int expert_index = -1;
+  bool decay = true;
+  DeviceBuffer<float> master;
+  DeviceBuffer<float> grad;
+  DeviceBuffer<__nv_bfloat16> half;
+
+  DeviceParameter() = default;
+  DeviceParameter(std::string n, std::vector<int64_t> s, bool with_half, bool is_expert = false,
+                  int e = -1)
+      : name(std::move(n)), shape(std::move(s)), expert(is_expert), expert_index(e) {
+    master.resize(numel());
+    grad.resize(numel());
+    if (with_half) half.resize(numel());
+  }
+  // grad = 0, ordered on `stream`.
+  void zero_grad(cudaStream_t stream) { grad.fill_bytes(0, stream); }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t x : shape) n *= x;
+    return n;
+  }
+  // The weights the matmuls of a T model read: the master itself (float) or its bf16 copy.
+  template <class T>
+  const T* weights() const {
+    if constexpr (std::is_same_v<T, float>) {
+      return master.data();
+    } else {
+      return half.data();
+    }
+  }
 };
 
 }  // namespace dirmoe::cuda

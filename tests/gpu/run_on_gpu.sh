@@ -6,15 +6,17 @@ set -u
 cd "$(dirname "$0")/../.." || exit 2
 ROOT=$PWD
 CARRY=${CARRY:-build-gpu/carry}
-BINS="test_kernels_cuda test_cuda_check test_comm_nccl"
+BINS="test_kernels_cuda test_cuda_check test_comm_nccl test_model_cuda"
+# Shared libraries of the build machine that the GPU machine lacks: carried in $CARRY/lib.
+CARRY_LIBS="libyaml-cpp libopenblas libgfortran libquadmath"
 
 if [ "${1:-}" = "--help" ]; then
   cat <<'EOF'
 Build (build machine, repository root):
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIRMOE_CUDA=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DDIRMOE_BUILD_TESTS=ON
-  ninja -C build-gpu -j2 test_kernels_cuda test_cuda_check test_comm_nccl
-  tests/gpu/run_on_gpu.sh --pack          # -> build-gpu/carry (about 40 MB)
+  ninja -C build-gpu -j2 test_kernels_cuda test_cuda_check test_comm_nccl test_model_cuda
+  tests/gpu/run_on_gpu.sh --pack          # -> build-gpu/carry (about 60 MB)
 Run (GPU machine, repository root; carry build-gpu/carry):
   tests/gpu/run_on_gpu.sh                 # logs under $OUT (default ./gpu-logs)
 EOF
@@ -25,6 +27,14 @@ if [ "${1:-}" = "--pack" ]; then
   rm -rf "$CARRY" && mkdir -p "$CARRY" || exit 1
   for b in $BINS; do
     cp "build-gpu/bin/$b" "$CARRY/" || { echo "missing build-gpu/bin/$b: build it first" >&2; exit 1; }
+  done
+  mkdir -p "$CARRY/lib"
+  for b in $BINS; do
+    ldd "$CARRY/$b" | awk '$3 ~ /^\// {print $3}'
+  done | sort -u | while read -r so; do
+    for want in $CARRY_LIBS; do
+      case "$(basename "$so")" in "$want".so*) cp -L "$so" "$CARRY/lib/" ;; esac
+    done
   done
   ls -l "$CARRY"
   du -sh "$CARRY"
@@ -62,14 +72,14 @@ done
 } >"$ENV" 2>&1
 
 # Resolve libraries ldd cannot find (CUDA runtime, cuBLAS, NCCL may sit in CUDA or pip folders).
-missing_libs() { for b in $BINS; do ldd "$CARRY/$b" 2>/dev/null | awk '/not found/ {print $1}'; done | sort -u; }
+missing_libs() { for b in $BINS; do LD_LIBRARY_PATH="$ROOT/$CARRY/lib" ldd "$CARRY/$b" 2>/dev/null | awk '/not found/ {print $1}'; done | sort -u; }
 extra=""
 for lib in $(missing_libs); do
   dir=$(timeout 60 find /usr/local /usr/lib /opt / -xdev -name "$lib" -print 2>/dev/null \
         | head -1 | xargs -r dirname)
   if [ -n "$dir" ]; then extra="$extra:$dir"; echo "found $lib in $dir" >>"$ENV"; fi
 done
-export LD_LIBRARY_PATH="${extra#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$ROOT/$CARRY/lib:${extra#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
   echo "== LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   for b in $BINS; do echo "== ldd $b"; ldd "$CARRY/$b"; done
@@ -116,6 +126,13 @@ if command -v mpirun >/dev/null 2>&1; then
   run "test_comm_nccl np2 (one GPU shared, NCCL_HOSTID per rank)" "$OUT/nccl_np2.log" 150 \
     env $MPIENV mpirun -np 2 --oversubscribe --bind-to none \
     sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $BIN $GTEST"
+  BIN=$ROOT/$CARRY/test_model_cuda
+  run "test_model_cuda np1 (GPU model against the CPU model)" "$OUT/model_np1.log" 120 \
+    env $MPIENV mpirun -np 1 --bind-to none -x LD_LIBRARY_PATH \
+    sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $BIN $GTEST"
+  run "test_model_cuda np2 (EP=2 through NCCL)" "$OUT/model_np2.log" 150 \
+    env $MPIENV mpirun -np 2 --oversubscribe --bind-to none -x LD_LIBRARY_PATH \
+    sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $BIN $GTEST"
 else
   note "SKIP  test_comm_nccl: no mpirun on this machine; single process without mpirun instead"
   run "test_comm_nccl singleton" "$OUT/nccl_np1.log" 90 "$CARRY/test_comm_nccl" $GTEST
@@ -152,6 +169,9 @@ fi
   echo
   echo "== throughput:"
   grep -ah '^\[ perf    \]' "$OUT/kernels.log" 2>/dev/null | sed 's/^\[ perf    \] /  /'
+  echo
+  echo "== GPU model against the CPU model:"
+  grep -ah '^\[ model   \]' "$OUT/model_np1.log" "$OUT/model_np2.log" 2>/dev/null | sed 's/^/  /'
   echo
   echo "== watchdog message seen by the NCCL test:"
   grep -ah 'watchdog message' "$OUT/nccl_np2.log" 2>/dev/null | head -2 | cut -c1-300
