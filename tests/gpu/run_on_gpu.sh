@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# GPU test recipe: `--pack` (build machine) copies the GPU test binaries into build-gpu/carry; with
-# no argument (GPU machine) it runs them directly, no CTest, in under ~9.5 minutes, writing to $OUT
-# summary.txt (verdicts, failed tests, worst error per op, TFLOP/s), env.txt and one log per run.
+# GPU test recipe: `--pack` (build machine) copies the GPU test binaries into two carry folders, each
+# under the device tool's 64 MiB: build-gpu/carry (the op, check and NCCL tests) and
+# build-gpu/carry-model (the whole-model test with the CPU libraries it needs). With no argument (GPU
+# machine) it runs the binaries found in $CARRY directly, no CTest, in under ~9.5 minutes, writing
+# to $OUT summary.txt (verdicts, failed tests, worst error per op, TFLOP/s, model parity), env.txt
+# and one log per run.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 ROOT=$PWD
 CARRY=${CARRY:-build-gpu/carry}
-BINS="test_kernels_cuda test_cuda_check test_comm_nccl test_model_cuda"
-# Shared libraries of the build machine that the GPU machine lacks: carried in $CARRY/lib.
+KERNEL_BINS="test_kernels_cuda test_cuda_check test_comm_nccl"
+MODEL_BINS="test_model_cuda"
+# Shared libraries of the build machine that the GPU machine lacks: carried in <carry>/lib.
 CARRY_LIBS="libyaml-cpp libopenblas libgfortran libquadmath"
 
 if [ "${1:-}" = "--help" ]; then
@@ -16,28 +20,37 @@ Build (build machine, repository root):
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIRMOE_CUDA=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DDIRMOE_BUILD_TESTS=ON
   ninja -C build-gpu -j2 test_kernels_cuda test_cuda_check test_comm_nccl test_model_cuda
-  tests/gpu/run_on_gpu.sh --pack          # -> build-gpu/carry (about 60 MB)
-Run (GPU machine, repository root; carry build-gpu/carry):
-  tests/gpu/run_on_gpu.sh                 # logs under $OUT (default ./gpu-logs)
+  tests/gpu/run_on_gpu.sh --pack          # -> build-gpu/carry (39 MB), build-gpu/carry-model (48 MB)
+Run (GPU machine, repository root), one call per carry folder:
+  tests/gpu/run_on_gpu.sh                                   # carry build-gpu/carry
+  CARRY=build-gpu/carry-model tests/gpu/run_on_gpu.sh       # carry build-gpu/carry-model
+Logs under $OUT (default ./gpu-logs).
 EOF
   exit 0
 fi
 
-if [ "${1:-}" = "--pack" ]; then
-  rm -rf "$CARRY" && mkdir -p "$CARRY" || exit 1
-  for b in $BINS; do
-    cp "build-gpu/bin/$b" "$CARRY/" || { echo "missing build-gpu/bin/$b: build it first" >&2; exit 1; }
+# pack DIR BINS...: the binaries and the carried libraries they load.
+pack() {
+  local dir=$1 b so want
+  shift
+  rm -rf "$dir" && mkdir -p "$dir/lib" || exit 1
+  for b in "$@"; do
+    cp "build-gpu/bin/$b" "$dir/" || { echo "missing build-gpu/bin/$b: build it first" >&2; exit 1; }
   done
-  mkdir -p "$CARRY/lib"
-  for b in $BINS; do
-    ldd "$CARRY/$b" | awk '$3 ~ /^\// {print $3}'
+  for b in "$@"; do
+    ldd "$dir/$b" | awk '$3 ~ /^\// {print $3}'
   done | sort -u | while read -r so; do
     for want in $CARRY_LIBS; do
-      case "$(basename "$so")" in "$want".so*) cp -L "$so" "$CARRY/lib/" ;; esac
+      case "$(basename "$so")" in "$want".so*) cp -L "$so" "$dir/lib/" ;; esac
     done
   done
-  ls -l "$CARRY"
-  du -sh "$CARRY"
+  ls -l "$dir" "$dir/lib"
+  du -sh "$dir"
+}
+
+if [ "${1:-}" = "--pack" ]; then
+  pack build-gpu/carry $KERNEL_BINS
+  pack build-gpu/carry-model $MODEL_BINS
   exit 0
 fi
 
@@ -58,9 +71,12 @@ step_timeout() {
   if [ "$left" -lt 20 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo $((left - 10)); else echo "$1"; fi
 }
 
-for b in $BINS; do
-  [ -x "$CARRY/$b" ] || { note "FATAL: $CARRY/$b is missing (carry build-gpu/carry, made by --pack)"; exit 2; }
+BINS=""
+for b in $KERNEL_BINS $MODEL_BINS; do
+  [ -x "$CARRY/$b" ] && BINS="$BINS $b"
 done
+[ -n "$BINS" ] || { note "FATAL: no test binary in $CARRY (carry a folder made by --pack)"; exit 2; }
+has() { [ -x "$CARRY/$1" ]; }
 
 # ---- environment and shared libraries ------------------------------------------------------------
 {
@@ -115,27 +131,33 @@ run() {
   fi
 }
 
-run "test_cuda_check" "$OUT/check.log" 60 "$CARRY/test_cuda_check" $GTEST
-run "test_kernels_cuda" "$OUT/kernels.log" 300 "$CARRY/test_kernels_cuda" $GTEST
+has test_cuda_check && run "test_cuda_check" "$OUT/check.log" 60 "$CARRY/test_cuda_check" $GTEST
+has test_kernels_cuda && run "test_kernels_cuda" "$OUT/kernels.log" 300 "$CARRY/test_kernels_cuda" $GTEST
 
 MPIENV="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_DEBUG=WARN"
+# mpi_run NAME LOG MAX NP BIN: NP ranks sharing the GPU, each with its own NCCL_HOSTID.
+mpi_run() {
+  run "$1" "$2" "$3" env $MPIENV mpirun -np "$4" --oversubscribe --bind-to none -x LD_LIBRARY_PATH \
+    sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $5 $GTEST"
+}
 if command -v mpirun >/dev/null 2>&1; then
-  BIN=$ROOT/$CARRY/test_comm_nccl
-  run "test_comm_nccl np1" "$OUT/nccl_np1.log" 90 \
-    env $MPIENV mpirun -np 1 --bind-to none sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $BIN $GTEST"
-  run "test_comm_nccl np2 (one GPU shared, NCCL_HOSTID per rank)" "$OUT/nccl_np2.log" 150 \
-    env $MPIENV mpirun -np 2 --oversubscribe --bind-to none \
-    sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $BIN $GTEST"
-  BIN=$ROOT/$CARRY/test_model_cuda
-  run "test_model_cuda np1 (GPU model against the CPU model)" "$OUT/model_np1.log" 120 \
-    env $MPIENV mpirun -np 1 --bind-to none -x LD_LIBRARY_PATH \
-    sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $BIN $GTEST"
-  run "test_model_cuda np2 (EP=2 through NCCL)" "$OUT/model_np2.log" 150 \
-    env $MPIENV mpirun -np 2 --oversubscribe --bind-to none -x LD_LIBRARY_PATH \
-    sh -c "NCCL_HOSTID=h\$OMPI_COMM_WORLD_RANK exec $BIN $GTEST"
+  if has test_comm_nccl; then
+    mpi_run "test_comm_nccl np1" "$OUT/nccl_np1.log" 90 1 "$ROOT/$CARRY/test_comm_nccl"
+    mpi_run "test_comm_nccl np2 (one GPU shared, NCCL_HOSTID per rank)" "$OUT/nccl_np2.log" 150 2 \
+      "$ROOT/$CARRY/test_comm_nccl"
+  fi
+  if has test_model_cuda; then
+    mpi_run "test_model_cuda np1 (GPU model against the CPU model)" "$OUT/model_np1.log" 150 1 \
+      "$ROOT/$CARRY/test_model_cuda"
+    mpi_run "test_model_cuda np2 (EP=2 through NCCL)" "$OUT/model_np2.log" 200 2 \
+      "$ROOT/$CARRY/test_model_cuda"
+    mpi_run "test_model_cuda np4 (EP=4 through NCCL)" "$OUT/model_np4.log" 200 4 \
+      "$ROOT/$CARRY/test_model_cuda"
+  fi
 else
-  note "SKIP  test_comm_nccl: no mpirun on this machine; single process without mpirun instead"
-  run "test_comm_nccl singleton" "$OUT/nccl_np1.log" 90 "$CARRY/test_comm_nccl" $GTEST
+  note "SKIP  MPI runs: no mpirun on this machine; single processes without mpirun instead"
+  has test_comm_nccl && run "test_comm_nccl singleton" "$OUT/nccl_np1.log" 90 "$CARRY/test_comm_nccl" $GTEST
+  has test_model_cuda && run "test_model_cuda singleton" "$OUT/model_np1.log" 150 "$CARRY/test_model_cuda" $GTEST
 fi
 
 if grep -q 'GPU available: no' "$OUT/check.log" 2>/dev/null; then
@@ -144,7 +166,7 @@ fi
 
 # compute-sanitizer on the small cases (out-of-bounds, uninitialised reads, shared-memory races).
 SMALL='Grid/*one*:Grid/*odd*:Grid/*small*:Grid/*single*:Grid/*gqa_s67*:Grid/*hd32_s130*:Grid/*hd96*:Grid/*hd128_s200*:Grid/*padded*:Grid/*contiguous_ep2*:Grid/*uneven*:Grid/*capacity*:Grid/*no_tokens*:Grid/*rows_not*:Grid/*misaligned*:MoeCudaRegroup.*:*Edge*:AdamW*:GradNorm*'
-if command -v compute-sanitizer >/dev/null 2>&1; then
+if has test_kernels_cuda && command -v compute-sanitizer >/dev/null 2>&1; then
   run "compute-sanitizer memcheck (small cases)" "$OUT/memcheck.log" 150 \
     compute-sanitizer --tool memcheck --error-exitcode 9 "$CARRY/test_kernels_cuda" $GTEST \
     "--gtest_filter=$SMALL"
@@ -152,7 +174,7 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     compute-sanitizer --tool racecheck --error-exitcode 9 "$CARRY/test_kernels_cuda" $GTEST \
     '--gtest_filter=Grid/AttentionCuda.*gqa_s67_f32:Grid/AttentionCuda.*hd32_s130_bf16:Grid/RmsNormCuda.*rows_not*:Grid/MoeCuda.*uneven*:Grid/CrossEntropyCuda.*padded_64*'
   grep -a "ERROR SUMMARY" "$OUT/memcheck.log" "$OUT/racecheck.log" 2>/dev/null | sed 's/^/        /' | tee -a "$SUMMARY"
-else
+elif has test_kernels_cuda; then
   note "SKIP  compute-sanitizer: not installed"
 fi
 
@@ -171,7 +193,7 @@ fi
   grep -ah '^\[ perf    \]' "$OUT/kernels.log" 2>/dev/null | sed 's/^\[ perf    \] /  /'
   echo
   echo "== GPU model against the CPU model:"
-  grep -ah '^\[ model   \]' "$OUT/model_np1.log" "$OUT/model_np2.log" 2>/dev/null | sed 's/^/  /'
+  grep -ah '^\[ model   \]' "$OUT"/model_np*.log 2>/dev/null | sed 's/^/  /'
   echo
   echo "== watchdog message seen by the NCCL test:"
   grep -ah 'watchdog message' "$OUT/nccl_np2.log" 2>/dev/null | head -2 | cut -c1-300
