@@ -20,5 +20,7 @@ void register_data_commands(CLI::App& app, int* exit_code);
 void register_topology_command(CLI::App& app, int* exit_code);
 // `dirmoe export hf`; sets *exit_code when it ran.
 void register_export_commands(CLI::App& app, int* exit_code);
+// `dirmoe bench train` under `bench` (GPU builds; other builds get a command that says so).
+void register_bench_train_command(CLI::App& bench, int* exit_code);
 
 }  // namespace dirmoe

@@ -25,8 +25,9 @@ int cmd_train(const std::string& config, const std::vector<std::string>& sets,
     std::vector<std::string> all = sets;
     if (!run_dir.empty()) all.push_back("output.run_dir=" + run_dir);
     dirmoe::Config cfg = dirmoe::load_config(config, all);
-    DIRMOE_CHECK(cfg.device != "cuda",
-                 "device: cuda was requested but this dirmoe build has no CUDA backend");
+    DIRMOE_CHECK(cfg.device != "cuda" && cfg.model.dtype != "bf16",
+                 "dirmoe train runs on the CPU (device: cpu or auto, model.dtype f32 or f64); ",
+                 "the GPU model is measured by `dirmoe bench train`");
     dirmoe::train(cfg, mpi);
     return 0;
   } catch (const std::exception& e) {
@@ -67,6 +68,9 @@ int main(int argc, char** argv) {
   dirmoe::register_topology_command(app, &exit_code);
   dirmoe::register_export_commands(app, &exit_code);
   dirmoe::register_report_command(app, &exit_code);
+  auto* bench = app.add_subcommand("bench", "benchmarks of the GPU path");
+  bench->require_subcommand(1);
+  dirmoe::register_bench_train_command(*bench, &exit_code);
 
   try {
     app.parse(argc, argv);

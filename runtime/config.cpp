@@ -166,7 +166,7 @@ const std::map<std::string, Setter>& schema() {
       F("model.init_std", c.model.init_std = as<double>(n, "a number")),
       F("model.seq_len", c.model.seq_len = as<int64_t>(n, "an integer")),
       F("model.norm_eps", c.model.norm_eps = as<double>(n, "a number")),
-      F("model.dtype", c.model.dtype = as<std::string>(n, "f32|f64")),
+      F("model.dtype", c.model.dtype = as<std::string>(n, "f32|f64|bf16")),
       F("moe.num_experts", c.moe.num_experts = as<int>(n, "an integer")),
       F("moe.capacity_factor",
         c.moe.capacity_factor = (n.IsNull() || (n.IsScalar() && n.Scalar() == "none"))
@@ -354,8 +354,8 @@ void validate(const Config& c) {
               "must be positive, got " + num(m.init_std));
   check_range(m.seq_len >= 1, "model.seq_len", "must be >= 1, got " + num(m.seq_len));
   check_range(m.norm_eps > 0, "model.norm_eps", "must be positive, got " + num(m.norm_eps));
-  check_range(m.dtype == "f32" || m.dtype == "f64", "model.dtype",
-              "must be f32 or f64 on the CPU backend, got '" + m.dtype + "'");
+  check_range(m.dtype == "f32" || m.dtype == "f64" || m.dtype == "bf16", "model.dtype",
+              "must be f32, f64 or bf16, got '" + m.dtype + "'");
   const auto& e = c.moe;
   check_range(e.num_experts >= 1, "moe.num_experts", "must be >= 1, got " + num(e.num_experts));
   check_range(e.capacity_factor >= 0, "moe.capacity_factor",
@@ -413,6 +413,10 @@ void validate(const Config& c) {
               "held-out fraction must lie in (0, 1), got " + num(c.data.valid_fraction));
   check_range(c.device == "cpu" || c.device == "auto" || c.device == "cuda", "device",
               "must be cpu, cuda or auto, got '" + c.device + "'");
+  check_range(c.model.dtype != "bf16" || c.device != "cpu", "model.dtype",
+              "bf16 runs on the GPU only (device: cuda or auto); the CPU backend takes f32 or f64");
+  check_range(c.model.dtype != "f64" || c.device != "cuda", "model.dtype",
+              "f64 runs on the CPU only; the GPU takes bf16 (or f32 for parity runs)");
   check_range(!c.output.run_dir.empty(), "output.run_dir", "must not be empty");
   check_range(c.monitor.max_over_mean >= 1 || c.monitor.max_over_mean == 0, "monitor.max_over_mean",
               "must be >= 1 (0 = no warnings), got " + num(c.monitor.max_over_mean));
@@ -623,18 +627,22 @@ ParamCounts count_params(const Config& c) {
 
 MemoryEstimate estimate_memory(const Config& c) {
   const auto& m = c.model;
-  int64_t elem = m.dtype == "f64" ? 8 : 4;
+  // bf16 (GPU): fp32 master weights plus their bf16 copy, fp32 gradients and moments, bf16
+  // activations.
+  const bool bf16 = m.dtype == "bf16";
+  int64_t elem = m.dtype == "f64" ? 8 : bf16 ? 2 : 4;
   ParamCounts p = count_params(c);
   MemoryEstimate mem;
-  mem.params = p.per_rank * elem;
-  mem.grads = p.per_rank * elem;
-  mem.optimizer = 2 * p.per_rank * elem;
+  mem.params = p.per_rank * (bf16 ? 6 : elem);
+  mem.grads = p.per_rank * (bf16 ? 4 : elem);
+  mem.optimizer = 2 * p.per_rank * (bf16 ? 4 : elem);
   int64_t N = c.train.micro_batch * m.seq_len, d = m.hidden, k = c.moe.router.k;
   int64_t kv = m.kv_heads * m.head_dim();
   // Saved per layer: norms, q/k/v/attention output, MoE input/output, k routed copies through the
   // expert (input, gate, up, activation, output); then final norm and logits (+ their gradient).
   int64_t per_layer = N * (6 * d + 2 * kv) + N * k * (2 * d + 3 * m.ffn_hidden);
-  mem.activations = elem * (m.layers * per_layer + N * d * 2 + 2 * N * m.padded_vocab());
+  // The GPU keeps one logits buffer (its gradient overwrites it in place).
+  mem.activations = elem * (m.layers * per_layer + N * d * 2 + (bf16 ? 1 : 2) * N * m.padded_vocab());
   return mem;
 }
 

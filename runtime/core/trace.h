@@ -74,10 +74,17 @@ class Recorder {
   // The pass the model is in (forward/backward), set by the model around its passes.
   void set_pass(Pass p) { pass_ = p; }
   Pass pass() const { return pass_; }
+  // Called at both ends of every range while armed (e.g. a device synchronisation, so that the
+  // host times of an asynchronous GPU step are the device's); null: none.
+  void set_sync_hook(void (*hook)()) { sync_hook_ = hook; }
+  void sync() const {
+    if (sync_hook_ != nullptr) sync_hook_();
+  }
 
  private:
   bool armed_ = false;
   Pass pass_ = Pass::kForward;
+  void (*sync_hook_)() = nullptr;
   std::chrono::steady_clock::time_point epoch_ = std::chrono::steady_clock::now();
   std::vector<Event> events_;
   std::vector<TrafficRecord> traffic_;
@@ -91,7 +98,10 @@ class Scope {
     nvtxRangePushA(phase_name(p));
 #endif
     Recorder& r = Recorder::get();
-    if (r.armed()) begin_ns_ = r.now_ns();
+    if (r.armed()) {
+      r.sync();
+      begin_ns_ = r.now_ns();
+    }
   }
   ~Scope() { end(); }
   // Ends the range early (idempotent).
@@ -103,6 +113,7 @@ class Scope {
 #endif
     if (begin_ns_ >= 0) {
       Recorder& r = Recorder::get();
+      r.sync();
       r.add_event({phase_, r.pass(), begin_ns_, r.now_ns()});
     }
   }

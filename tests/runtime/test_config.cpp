@@ -125,6 +125,13 @@ TEST(ConfigErrors, OutOfRangeValues) {
   expect_error(kBase, {"moe.router.type=nope"}, {"moe.router.type", "nope"});
 }
 
+TEST(ConfigErrors, DtypeMustSuitTheDevice) {
+  expect_error(kBase, {"model.dtype=bf16", "device=cpu"}, {"model.dtype", "bf16", "GPU only"});
+  expect_error(kBase, {"model.dtype=f64", "device=cuda"}, {"model.dtype", "f64", "CPU only"});
+  EXPECT_EQ(error_of(kBase, {"model.dtype=bf16", "device=cuda"}), "");
+  EXPECT_EQ(error_of(kBase, {"model.dtype=bf16", "device=auto"}), "");
+}
+
 TEST(ConfigErrors, HeadsMustDivideHiddenAndKvHeadsMustDivideHeads) {
   expect_error(kBase, {"model.heads=3"}, {"model.heads", "do not divide model.hidden = 64"});
   expect_error(kBase, {"model.kv_heads=3"}, {"model.kv_heads", "do not divide model.heads = 4"});
