@@ -30,6 +30,12 @@ const Placement& checked_placement(const MoEConfig& cfg, const Placement& placem
 
 }  // namespace
 
+int64_t moe_capacity(const MoEConfig& cfg, int64_t N) {
+  if (cfg.capacity_factor <= 0) return -1;
+  return static_cast<int64_t>(
+      std::ceil(cfg.capacity_factor * static_cast<double>(N) * cfg.router.k / cfg.num_experts));
+}
+
 template <class T>
 struct MoELayer<T>::Impl {
   Impl(const MoEConfig& c, const Placement& p, Communicator* comm, int layer)
@@ -48,12 +54,6 @@ struct MoELayer<T>::Impl {
     }
     stats.tokens_per_expert.assign(cfg.num_experts, 0);
     dispatcher.set_trace_layer(layer);
-  }
-
-  int64_t capacity(int64_t N) const {
-    if (cfg.capacity_factor <= 0) return -1;
-    return static_cast<int64_t>(
-        std::ceil(cfg.capacity_factor * static_cast<double>(N) * cfg.router.k / cfg.num_experts));
   }
 
   MoEConfig cfg;
@@ -113,7 +113,7 @@ void MoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& ctx)
   for (int64_t t = 0; t < N; ++t) {
     for (int64_t a = r.offsets[t]; a < r.offsets[t + 1]; ++a) m.token_of[a] = t;
   }
-  m.dispatcher.plan(r.experts.data(), nnz, m.capacity(N));
+  m.dispatcher.plan(r.experts.data(), nnz, moe_capacity(m.cfg, N));
   for (int64_t a = 0; a < nnz; ++a) ++m.stats.tokens_per_expert[r.experts[a]];
 
   const int64_t R = m.dispatcher.num_received();

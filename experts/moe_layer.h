@@ -23,6 +23,10 @@ struct MoEConfig {
   RouterConfig router;
 };
 
+// Per-expert capacity for N tokens of one rank: ceil(capacity_factor * N * k / E), or -1 (dropless)
+// when capacity_factor <= 0.
+int64_t moe_capacity(const MoEConfig& cfg, int64_t N);
+
 struct MoEStats {
   std::vector<int64_t> tokens_per_expert;  // [E] (token, expert) pairs routed from THIS rank's
                                            // micro-batch, before dropping

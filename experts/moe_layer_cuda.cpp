@@ -4,7 +4,6 @@
 #include "experts/moe_layer_cuda.h"
 
 #include <algorithm>
-#include <cmath>
 #include <string>
 #include <type_traits>
 
@@ -87,12 +86,6 @@ struct CudaMoELayer<T>::Impl {
     recv_elems.assign(ep, 0);
     expert_offset.assign(num_local + 1, 0);
     stats.tokens_per_expert.assign(cfg.num_experts, 0);
-  }
-
-  int64_t capacity(int64_t n) const {
-    if (cfg.capacity_factor <= 0) return -1;
-    return static_cast<int64_t>(
-        std::ceil(cfg.capacity_factor * static_cast<double>(n) * cfg.router.k / cfg.num_experts));
   }
 
   // all_to_all_v of rows of width d on the device communicator, with the "all-to-all" range and,
@@ -210,8 +203,8 @@ void CudaMoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& 
     const size_t scratch = cuda::moe_plan_scratch_bytes(nnz, m.ep, m.max_local);
     m.d_plan_scratch.grow(static_cast<int64_t>(std::max<size_t>(scratch, 1)));
     cuda::moe_plan(m.d_counts.data(), m.d_slot.data(), m.d_experts.data(), nnz, m.d_owner.data(),
-                   m.d_local.data(), m.cfg.num_experts, m.ep, m.max_local, m.capacity(N), nullptr,
-                   m.d_plan_scratch.data(), scratch, st);
+                   m.d_local.data(), m.cfg.num_experts, m.ep, m.max_local, moe_capacity(m.cfg, N),
+                   nullptr, m.d_plan_scratch.data(), scratch, st);
     download_sync(m.counts.data(), m.d_counts.data(), static_cast<int64_t>(m.counts.size()), st);
   }
   m.host_comm->all_to_all(m.counts.data(), m.recv_counts.data(), m.max_local, DType::kI64);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU test recipe: `--pack` (build machine) copies the GPU test binaries into two carry folders, each
 # under the device tool's 64 MiB: build-gpu/carry (the op, check and NCCL tests) and
-# build-gpu/carry-model (the whole-model test with the CPU libraries it needs). With no argument (GPU
+# build-gpu/carry-model (the whole-model test and `dirmoe` for `bench train`, with the CPU libraries
+# they need). With no argument (GPU
 # machine) it runs the binaries found in $CARRY directly, no CTest, in under ~9.5 minutes, writing
 # to $OUT summary.txt (verdicts, failed tests, worst error per op, TFLOP/s, model parity), env.txt
 # and one log per run.
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/../.." || exit 2
 ROOT=$PWD
 CARRY=${CARRY:-build-gpu/carry}
 KERNEL_BINS="test_kernels_cuda test_cuda_check test_comm_nccl"
-MODEL_BINS="test_model_cuda"
+MODEL_BINS="test_model_cuda dirmoe"
 # Shared libraries of the build machine that the GPU machine lacks: carried in <carry>/lib.
 CARRY_LIBS="libyaml-cpp libopenblas libgfortran libquadmath"
 
@@ -19,8 +20,8 @@ if [ "${1:-}" = "--help" ]; then
 Build (build machine, repository root):
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIRMOE_CUDA=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DDIRMOE_BUILD_TESTS=ON
-  ninja -C build-gpu -j2 test_kernels_cuda test_cuda_check test_comm_nccl test_model_cuda
-  tests/gpu/run_on_gpu.sh --pack          # -> build-gpu/carry (39 MB), build-gpu/carry-model (48 MB)
+  ninja -C build-gpu -j2 test_kernels_cuda test_cuda_check test_comm_nccl test_model_cuda dirmoe
+  tests/gpu/run_on_gpu.sh --pack          # -> build-gpu/carry (38 MB), build-gpu/carry-model (55 MB)
 Run (GPU machine, repository root), one call per carry folder:
   tests/gpu/run_on_gpu.sh                                   # carry build-gpu/carry
   CARRY=build-gpu/carry-model tests/gpu/run_on_gpu.sh       # carry build-gpu/carry-model
@@ -154,6 +155,13 @@ if command -v mpirun >/dev/null 2>&1; then
     mpi_run "test_model_cuda np4 (EP=4 through NCCL)" "$OUT/model_np4.log" 200 4 \
       "$ROOT/$CARRY/test_model_cuda"
   fi
+  if has dirmoe; then
+    for r in topk dirmoe probmoe; do
+      run "bench train llama185m-e8-$r" "$OUT/bench_$r.log" 150 env $MPIENV mpirun -np 1 \
+        --bind-to none -x LD_LIBRARY_PATH "$ROOT/$CARRY/dirmoe" bench train \
+        --config "configs/llama185m-e8-$r.yaml" --steps 10 --warmup 3
+    done
+  fi
 else
   note "SKIP  MPI runs: no mpirun on this machine; single processes without mpirun instead"
   has test_comm_nccl && run "test_comm_nccl singleton" "$OUT/nccl_np1.log" 90 "$CARRY/test_comm_nccl" $GTEST
@@ -194,6 +202,9 @@ fi
   echo
   echo "== GPU model against the CPU model:"
   grep -ah '^\[ model   \]' "$OUT"/model_np*.log 2>/dev/null | sed 's/^/  /'
+  echo
+  echo "== bench train:"
+  for f in "$OUT"/bench_*.log; do [ -f "$f" ] && sed 's/^/  /' "$f"; done
   echo
   echo "== watchdog message seen by the NCCL test:"
   grep -ah 'watchdog message' "$OUT/nccl_np2.log" 2>/dev/null | head -2 | cut -c1-300
