@@ -120,22 +120,9 @@ template <class T>
 void Dispatcher<T>::exchange(const T* send, const int64_t* send_elems, T* recv,
                              const int64_t* recv_elems, const std::vector<int64_t>& sent_rows,
                              int64_t width, trace::Direction dir) {
-  trace::Recorder& rec = trace::Recorder::get();
-  const int64_t t0 = rec.armed() ? rec.now_ns() : 0;
-  {
-    trace::Scope scope(trace::Phase::kAllToAll);
-    comm_->all_to_all_v(send, send_elems, recv, recv_elems, dtype_of<T>());
-  }
-  if (rec.armed()) {
-    trace::TrafficRecord r;
-    r.layer = trace_layer_;
-    r.direction = dir;
-    r.pass = rec.pass();
-    r.send_rows = sent_rows;
-    r.row_bytes = width * static_cast<int64_t>(sizeof(T));
-    r.seconds = static_cast<double>(rec.now_ns() - t0) * 1e-9;
-    rec.add_traffic(std::move(r));
-  }
+  trace::recorded_exchange(
+      trace_layer_, dir, sent_rows, width * static_cast<int64_t>(sizeof(T)),
+      [&] { comm_->all_to_all_v(send, send_elems, recv, recv_elems, dtype_of<T>()); }, [] {});
 }
 
 template <class T>

@@ -88,8 +88,8 @@ struct CudaMoELayer<T>::Impl {
     stats.tokens_per_expert.assign(cfg.num_experts, 0);
   }
 
-  // all_to_all_v of rows of width d on the device communicator, with the "all-to-all" range and,
-  // while profiling is armed, a traffic record timed between two stream synchronisations.
+  // all_to_all_v of rows of width d on the device communicator (trace::recorded_exchange; while
+  // profiling, timed between two stream synchronisations).
   void exchange(const T* send, const std::vector<int64_t>& s_rows, T* recv,
                 const std::vector<int64_t>& r_rows, trace::Direction dir) {
     const int64_t d = cfg.hidden;
@@ -97,27 +97,13 @@ struct CudaMoELayer<T>::Impl {
       send_elems[r] = s_rows[r] * d;
       recv_elems[r] = r_rows[r] * d;
     }
-    trace::Recorder& rec = trace::Recorder::get();
-    int64_t t0 = 0;
-    if (rec.armed()) {
-      DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
-      t0 = rec.now_ns();
-    }
-    {
-      trace::Scope scope(trace::Phase::kAllToAll);
-      dev_comm->all_to_all_v(send, send_elems.data(), recv, recv_elems.data(), device_dtype<T>());
-    }
-    if (rec.armed()) {
-      DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
-      trace::TrafficRecord r;
-      r.layer = layer;
-      r.direction = dir;
-      r.pass = rec.pass();
-      r.send_rows = s_rows;
-      r.row_bytes = d * static_cast<int64_t>(sizeof(T));
-      r.seconds = static_cast<double>(rec.now_ns() - t0) * 1e-9;
-      rec.add_traffic(std::move(r));
-    }
+    trace::recorded_exchange(
+        layer, dir, s_rows, d * static_cast<int64_t>(sizeof(T)),
+        [&] {
+          dev_comm->all_to_all_v(send, send_elems.data(), recv, recv_elems.data(),
+                                 device_dtype<T>());
+        },
+        [&] { DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream)); });
   }
 
   MoEConfig cfg;

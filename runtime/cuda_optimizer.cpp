@@ -19,9 +19,10 @@ struct CudaOptimizer<T>::Impl {
   TrainConfig train;
   Communicator *world_dev, *replica_dev, *world_host, *ep_host;
   cudaStream_t stream;
-  std::vector<cuda::DeviceParameter*> replicated, experts;
+  std::vector<cuda::DeviceParameter*> params;              // the model's, in its order
+  std::vector<cuda::DeviceParameter*> replicated, experts;  // the same, split by kind
   std::vector<Parameter<float>*> routers;
-  std::vector<cuda::DeviceBuffer<float>> m_dev, v_dev;  // per device parameter, in params() order
+  std::vector<cuda::DeviceBuffer<float>> m_dev, v_dev;  // per entry of params
   std::vector<std::vector<float>> m_host, v_host;       // per router parameter
   cuda::DeviceBuffer<double> sumsq;                     // [2]: replicated, experts
   cuda::DeviceBuffer<double> scratch;
@@ -31,9 +32,9 @@ struct CudaOptimizer<T>::Impl {
   Impl(CudaModel<T>& m, const TrainConfig& t, Communicator* wd, Communicator* rd,
        Communicator* wh, Communicator* eh)
       : model(m), train(t), world_dev(wd), replica_dev(rd), world_host(wh), ep_host(eh),
-        stream(m.stream()) {
+        stream(m.stream()), params(m.device_parameters()) {
     size_t most = 1;
-    for (cuda::DeviceParameter* p : model.device_parameters()) {
+    for (cuda::DeviceParameter* p : params) {
       (p->expert ? experts : replicated).push_back(p);
       m_dev.emplace_back(p->numel());
       v_dev.emplace_back(p->numel());
@@ -115,9 +116,8 @@ void CudaOptimizer<T>::apply(double grad_norm, double lr, int64_t step1) {
   const float clip_f = static_cast<float>(clip);
   DIRMOE_CUDA_CHECK(cudaMemcpyAsync(o.scale.data(), &clip_f, sizeof clip_f,
                                     cudaMemcpyHostToDevice, st));
-  std::vector<cuda::DeviceParameter*> all = o.model.device_parameters();
-  for (size_t i = 0; i < all.size(); ++i) {
-    cuda::DeviceParameter* p = all[i];
+  for (size_t i = 0; i < o.params.size(); ++i) {
+    cuda::DeviceParameter* p = o.params[i];
     cuda::AdamWParams ap;
     ap.lr = lr;
     ap.beta1 = t.beta1;

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #if defined(DIRMOE_WITH_NVTX)
@@ -125,5 +126,35 @@ class Scope {
   bool ended_ = false;
   int64_t begin_ns_ = -1;
 };
+
+// One all_to_all_v of the MoE exchange: `exchange()` runs inside an "all-to-all" range and, while
+// the recorder is armed, a traffic record (rows sent per peer, row bytes, wall time) is appended.
+// `wait()` is called around the exchange when armed, so that an asynchronous exchange (a device
+// stream) is timed to its completion; pass a no-op for a blocking one.
+template <class Exchange, class Wait>
+void recorded_exchange(int layer, Direction dir, const std::vector<int64_t>& sent_rows,
+                       int64_t row_bytes, Exchange&& exchange, Wait&& wait) {
+  Recorder& rec = Recorder::get();
+  const bool armed = rec.armed();
+  int64_t t0 = 0;
+  if (armed) {
+    wait();
+    t0 = rec.now_ns();
+  }
+  {
+    Scope scope(Phase::kAllToAll);
+    exchange();
+  }
+  if (!armed) return;
+  wait();
+  TrafficRecord r;
+  r.layer = layer;
+  r.direction = dir;
+  r.pass = rec.pass();
+  r.send_rows = sent_rows;
+  r.row_bytes = row_bytes;
+  r.seconds = static_cast<double>(rec.now_ns() - t0) * 1e-9;
+  rec.add_traffic(std::move(r));
+}
 
 }  // namespace dirmoe::trace
