@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config openmpi-bin libopenmpi-dev libyaml-cpp-dev
           libcli11-dev libopenblas-dev nlohmann-json3-dev libpcre2-dev libgtest-dev zlib1g-dev clang
-           libclang-rt-14-dev munge slurmctld slurmd slurm-client iproute2 python3-numpy)
+           libclang-rt-14-dev munge slurmctld slurmd slurm-client iproute2 python3-numpy
+          python3-protobuf libcairo2-dev fonts-dejavu-core)
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()

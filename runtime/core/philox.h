@@ -7,11 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define DIRMOE_HD __host__ __device__ __forceinline__
-#else
-#define DIRMOE_HD inline
-#endif
+#include "runtime/core/hd.h"
 
 namespace dirmoe {
 
