@@ -104,11 +104,25 @@ int bench(const Config& cfg, const BenchTrainOptions& opt, MpiRuntime& mpi,
     last_loss = loss / t.grad_accum;
   };
 
-  for (int s = 0; s < opt.warmup; ++s) one_step(s, false);
+  // One line per step on rank 0, flushed, so a run cut short by a time limit still reports. The
+  // device is synchronised at the end of each step (the step's optimizer waits on it anyway).
+  const auto run_step = [&](int s, bool timed) {
+    const auto s0 = std::chrono::steady_clock::now();
+    one_step(s, timed);
+    sync_device();
+    if (rank == 0) {
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s0).count();
+      std::printf("step %d/%d (%s): %.2f ms, loss %.4f\n", s + 1, opt.warmup + opt.steps,
+                  timed ? "timed" : "warm-up", ms, last_loss);
+      std::fflush(stdout);
+    }
+  };
+  for (int s = 0; s < opt.warmup; ++s) run_step(s, false);
   sync_device();
   world.barrier();
   const auto t0 = std::chrono::steady_clock::now();
-  for (int s = 0; s < opt.steps; ++s) one_step(opt.warmup + s, true);
+  for (int s = 0; s < opt.steps; ++s) run_step(opt.warmup + s, true);
   sync_device();
   world.barrier();
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

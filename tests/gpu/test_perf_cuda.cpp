@@ -1,5 +1,7 @@
 // Throughput probes (no assertions): bf16 cuBLAS GEMMs and flash attention forward/backward at
 // 185M-model shapes, reported in TFLOP/s so each GPU run records where the building blocks stand.
+// The `[ perf    ] key=...` lines share their keys with bench/gpu/torch_reference.py, so the GPU
+// suite's summary prints PyTorch's time beside ours for the same shapes.
 #include <cublas_v2.h>
 #include <gtest/gtest.h>
 
@@ -30,6 +32,80 @@ double time_ms(const std::function<void()>& fn, int warmup = 3, int reps = 10) {
 
 void report(const char* what, double flops, double ms) {
   std::printf("[ perf    ] %-58s %8.3f ms  %7.1f TFLOP/s\n", what, ms, flops / (ms * 1e-3) / 1e12);
+}
+
+// A figure the PyTorch reference measures too (same key, same FLOP convention).
+void report_key(const char* key, double flops, double ms) {
+  std::printf("[ perf    ] key=%s %.3f ms %.1f TFLOP/s\n", key, ms, flops / (ms * 1e-3) / 1e12);
+}
+
+// The shapes of bench/gpu/torch_reference.py: llama185m-e8 at micro-batch 8 x 1024.
+TEST(PerfCuda, TorchReferenceShapes) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  cublasHandle_t h;
+  DIRMOE_CUBLAS_CHECK(cublasCreate(&h));
+  DeviceBuffer<uint8_t> ws(32 << 20);
+  DIRMOE_CUBLAS_CHECK(cublasSetWorkspace(h, ws.data(), ws.bytes()));
+  {  // causal GQA attention, B 8, S 1024, 12 query / 4 KV heads, head dim 64
+    const int64_t B = 8, S = 1024, Hq = 12, Hkv = 4, hd = 64;
+    const int64_t nq = B * S * Hq * hd, nk = B * S * Hkv * hd;
+    auto q = to_device_as<bf16>(randn(nq, 1, 0.5)), k = to_device_as<bf16>(randn(nk, 2, 0.5));
+    auto v = to_device_as<bf16>(randn(nk, 3)), g = to_device_as<bf16>(randn(nq, 4));
+    DeviceBuffer<bf16> out(nq), dq(nq), dk(nk), dv(nk);
+    DeviceBuffer<float> lse(B * Hq * S);
+    DeviceBuffer<float> scratch(static_cast<int64_t>(attention_backward_scratch_floats(B, S, Hq)));
+    const double fwd = 2.0 * 2.0 * B * Hq * double(S) * S * hd / 2.0;
+    report_key("attn_fwd_bwd", 3.5 * fwd, time_ms([&] {
+                 attention_forward<bf16>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, S,
+                                         Hq, Hkv, hd, nullptr);
+                 attention_backward<bf16>(dq.data(), dk.data(), dv.data(), g.data(), q.data(),
+                                          k.data(), v.data(), out.data(), lse.data(), B, S, Hq,
+                                          Hkv, hd, scratch.data(), nullptr);
+               }));
+  }
+  {  // one expert's SwiGLU GEMMs at 1024 tokens: w1, w3 (768 -> 3072) and w2 (3072 -> 768)
+    const int64_t N = 1024, d = 768, f = 3072;
+    DeviceBuffer<bf16> x(N * d), W1(f * d), W3(f * d), W2(d * f), a(N * f), b(N * f), y(N * d),
+        dx(N * d), da(N * f);
+    DeviceBuffer<float> dW1(f * d), dW3(f * d), dW2(d * f);
+    for (auto* buf : {&x, &W1, &W3, &W2, &a, &b, &y}) buf->fill_bytes(0x3c);
+    const double flops = 3 * 2.0 * N * d * f;
+    report_key("expert_gemm_fwd", flops, time_ms([&] {
+                 linear_forward<bf16>(h, a.data(), x.data(), W1.data(), N, d, f, false, nullptr);
+                 linear_forward<bf16>(h, b.data(), x.data(), W3.data(), N, d, f, false, nullptr);
+                 linear_forward<bf16>(h, y.data(), a.data(), W2.data(), N, f, d, false, nullptr);
+               }));
+    report_key("expert_gemm_bwd", 2 * flops, time_ms([&] {
+                 linear_backward<bf16>(h, da.data(), dW2.data(), y.data(), a.data(), W2.data(), N,
+                                       f, d, false, nullptr);
+                 linear_backward<bf16>(h, dx.data(), dW1.data(), a.data(), x.data(), W1.data(), N,
+                                       d, f, false, nullptr);
+                 linear_backward<bf16>(h, dx.data(), dW3.data(), b.data(), x.data(), W3.data(), N,
+                                       d, f, true, nullptr);
+               }));
+  }
+  {  // LM head (8192 x 768 -> 51200) with cross-entropy, forward and backward
+    const int64_t N = 8192, d = 768, V = 50257, Vp = 51200;
+    auto x = to_device_as<bf16>(randn(N * d, 5, 0.5));
+    auto W = to_device_as<bf16>(randn(Vp * d, 6, 0.02));
+    std::vector<int32_t> tgt(N);
+    for (int64_t i = 0; i < N; ++i) tgt[i] = static_cast<int32_t>((i * 7919) % V);
+    auto targets = to_device(tgt);
+    DeviceBuffer<bf16> logits(N * Vp), dx(N * d);
+    DeviceBuffer<float> dW(Vp * d), losses(N), lse(N);
+    DeviceBuffer<int64_t> first_bad(1);
+    const double flops = 3 * 2.0 * N * d * Vp;
+    report_key("lm_head_ce_fwd_bwd", flops, time_ms([&] {
+                 linear_forward<bf16>(h, logits.data(), x.data(), W.data(), N, d, Vp, false,
+                                      nullptr);
+                 cross_entropy_fused<bf16>(losses.data(), lse.data(), logits.data(), logits.data(),
+                                           targets.data(), 1.0f / N, N, V, Vp, first_bad.data(),
+                                           nullptr);
+                 linear_backward<bf16>(h, dx.data(), dW.data(), logits.data(), x.data(), W.data(),
+                                       N, d, Vp, false, nullptr);
+               }));
+  }
+  (void)cublasDestroy(h);
 }
 
 TEST(PerfCuda, LinearBf16) {
