@@ -151,7 +151,8 @@ int bench(const Config& cfg, const BenchTrainOptions& opt, MpiRuntime& mpi,
     if (p->name == "embed") embed = p->numel();
   }
   for (Parameter<float>* p : model.router_parameters()) dense += p->numel();
-  const double d = static_cast<double>(cfg.model.hidden), f = static_cast<double>(cfg.model.ffn_hidden);
+  const double d = static_cast<double>(cfg.model.hidden),
+               f = static_cast<double>(cfg.model.ffn_hidden);
   world.all_reduce(&active_sum, 1, DType::kF64, ReduceOp::kSum);
   const double mean_active = active_sum / (static_cast<double>(opt.steps) * t.grad_accum * W * L);
   const double n_active = static_cast<double>(dense - embed) + L * mean_active * 3.0 * d * f;
@@ -165,23 +166,26 @@ int bench(const Config& cfg, const BenchTrainOptions& opt, MpiRuntime& mpi,
 
   if (rank == 0) {
     const double gib = 1024.0 * 1024.0 * 1024.0;
-    std::printf("bench train: %s, %d rank(s), ep %d, %s, micro-batch %ld x %ld, accum %d, %d timed "
-                "steps after %d warm-up\n",
-                cfg.source.c_str(), W, ep, cfg.model.dtype.c_str(), static_cast<long>(B),
-                static_cast<long>(S), t.grad_accum, opt.steps, opt.warmup);
+    std::printf(
+        "bench train: %s, %d rank(s), ep %d, %s, micro-batch %ld x %ld, accum %d, %d timed "
+        "steps after %d warm-up\n",
+        cfg.source.c_str(), W, ep, cfg.model.dtype.c_str(), static_cast<long>(B),
+        static_cast<long>(S), t.grad_accum, opt.steps, opt.warmup);
     std::printf("device: %s\n", device_name.c_str());
     std::printf("step time %.2f ms | %.0f tokens/s | loss %.4f (synthetic tokens)\n",
                 seconds / opt.steps * 1e3, tok_s, last_loss);
-    std::printf("model FLOPs/token %.4g (N_active %.4g with %.3f active experts/token over %d "
-                "layers) | %.1f model TFLOP/s per GPU",
-                flops_per_token, n_active, mean_active, L, tflops_per_gpu);
+    std::printf(
+        "model FLOPs/token %.4g (N_active %.4g with %.3f active experts/token over %d "
+        "layers) | %.1f model TFLOP/s per GPU",
+        flops_per_token, n_active, mean_active, L, tflops_per_gpu);
     if (peak > 0)
       std::printf(" | MFU %.1f%% of %.1f TFLOP/s\n", 100.0 * tflops_per_gpu / peak, peak);
     else
       std::printf(" | MFU n/a (unknown device peak: pass --peak-tflops)\n");
-    std::printf("device memory: %.2f GiB allocated by dirmoe (buffers only grow: the peak), %.2f "
-                "GiB in use on the device (context included), max over ranks\n",
-                static_cast<double>(used[0]) / gib, static_cast<double>(used[1]) / gib);
+    std::printf(
+        "device memory: %.2f GiB allocated by dirmoe (buffers only grow: the peak), %.2f "
+        "GiB in use on the device (context included), max over ranks\n",
+        static_cast<double>(used[0]) / gib, static_cast<double>(used[1]) / gib);
     const double step_ms = phase_ms[static_cast<size_t>(trace::Phase::kStep)];
     double named = 0;
     std::printf("breakdown of one synchronised step (%.2f ms):", step_ms);
@@ -234,8 +238,9 @@ int run_bench_train(const BenchTrainOptions& opt) {
 void register_bench_train_command(CLI::App& bench, int* exit_code) {
   auto opt = std::make_shared<BenchTrainOptions>();
   auto* cmd = bench.add_subcommand(
-      "train", "time the configured model's training step on the GPU (synthetic tokens): "
-               "tokens/s, model TFLOP/s, MFU, device memory, per-phase breakdown");
+      "train",
+      "time the configured model's training step on the GPU (synthetic tokens): "
+      "tokens/s, model TFLOP/s, MFU, device memory, per-phase breakdown");
   cmd->add_option("--config", opt->config, "YAML configuration file")->required();
   cmd->add_option("--set", opt->sets, "override a key (repeatable)");
   cmd->add_option("--steps", opt->steps, "timed steps")->capture_default_str();

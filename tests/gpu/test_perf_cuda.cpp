@@ -59,8 +59,8 @@ TEST(PerfCuda, TorchReferenceShapes) {
                  attention_forward<bf16>(out.data(), lse.data(), q.data(), k.data(), v.data(), B, S,
                                          Hq, Hkv, hd, nullptr);
                  attention_backward<bf16>(dq.data(), dk.data(), dv.data(), g.data(), q.data(),
-                                          k.data(), v.data(), out.data(), lse.data(), B, S, Hq,
-                                          Hkv, hd, scratch.data(), nullptr);
+                                          k.data(), v.data(), out.data(), lse.data(), B, S, Hq, Hkv,
+                                          hd, scratch.data(), nullptr);
                }));
   }
   {  // one expert's SwiGLU GEMMs at 1024 tokens: w1, w3 (768 -> 3072) and w2 (3072 -> 768)
@@ -95,15 +95,14 @@ TEST(PerfCuda, TorchReferenceShapes) {
     DeviceBuffer<float> dW(Vp * d), losses(N), lse(N);
     DeviceBuffer<int64_t> first_bad(1);
     const double flops = 3 * 2.0 * N * d * Vp;
-    report_key("lm_head_ce_fwd_bwd", flops, time_ms([&] {
-                 linear_forward<bf16>(h, logits.data(), x.data(), W.data(), N, d, Vp, false,
-                                      nullptr);
-                 cross_entropy_fused<bf16>(losses.data(), lse.data(), logits.data(), logits.data(),
-                                           targets.data(), 1.0f / N, N, V, Vp, first_bad.data(),
-                                           nullptr);
-                 linear_backward<bf16>(h, dx.data(), dW.data(), logits.data(), x.data(), W.data(),
-                                       N, d, Vp, false, nullptr);
-               }));
+    report_key(
+        "lm_head_ce_fwd_bwd", flops, time_ms([&] {
+          linear_forward<bf16>(h, logits.data(), x.data(), W.data(), N, d, Vp, false, nullptr);
+          cross_entropy_fused<bf16>(losses.data(), lse.data(), logits.data(), logits.data(),
+                                    targets.data(), 1.0f / N, N, V, Vp, first_bad.data(), nullptr);
+          linear_backward<bf16>(h, dx.data(), dW.data(), logits.data(), x.data(), W.data(), N, d,
+                                Vp, false, nullptr);
+        }));
   }
   (void)cublasDestroy(h);
 }
