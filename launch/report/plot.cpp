@@ -271,8 +271,12 @@ void draw_line_chart(Figure& f, double x, double y, double w, double h, const Li
   set_font(cr, kLegendSize);
   double lw = 0;
   for (const auto* s : named) lw = std::max(lw, text_width(cr, s->name));
-  const double row = 20, swatch = 28, box_w = 10 + swatch + 8 + lw + 10,
-               box_h = 8 + row * named.size() + 4, inset = 10;
+  // As many rows as fit in 40% of the plot height, then more columns.
+  const double row = 20, swatch = 28, col_w = 10 + swatch + 8 + lw + 4, inset = 10;
+  const int max_rows = std::max(1, static_cast<int>(((bottom - top) * 0.4 - 12) / row));
+  const int num_cols = (static_cast<int>(named.size()) + max_rows - 1) / max_rows;
+  const int num_rows = (static_cast<int>(named.size()) + num_cols - 1) / num_cols;
+  const double box_w = col_w * num_cols + 6, box_h = 8 + row * num_rows + 4;
   const double corners[4][2] = {{right - inset - box_w, top + inset},
                                 {left + inset, top + inset},
                                 {left + inset, bottom - inset - box_h},
@@ -310,7 +314,7 @@ void draw_line_chart(Figure& f, double x, double y, double w, double h, const Li
   cairo_stroke(cr);
   for (size_t i = 0; i < named.size(); ++i) {
     const Series& s = *named[i];
-    const double cy = by + 8 + row * (i + 0.5), sx = bx + 10;
+    const double cy = by + 8 + row * (i % num_rows + 0.5), sx = bx + 10 + col_w * (i / num_rows);
     set_color(cr, s.color);
     cairo_set_line_width(cr, std::max(2.0, s.width));
     const double dash[2] = {s.dash * 0.6, s.dash * 0.4};
