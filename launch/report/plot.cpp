@@ -51,8 +51,8 @@ Figure::Figure(int width, int height)
 void Figure::write_png(const std::string& path) const {
   cairo_surface_flush(surface_.get());
   const cairo_status_t st = cairo_surface_write_to_png(surface_.get(), path.c_str());
-  DIRMOE_CHECK(st == CAIRO_STATUS_SUCCESS, "plot: cannot write '", path,
-               "': ", cairo_status_to_string(st));
+  if (st != CAIRO_STATUS_SUCCESS)
+    DIRMOE_FAIL("plot: cannot write '", path, "': ", cairo_status_to_string(st));
 }
 
 std::vector<double> nice_ticks(double lo, double hi, int target) {

@@ -692,7 +692,14 @@ void register_report_command(CLI::App& app, int* exit_code) {
       ->check(CLI::PositiveNumber);
   r->add_option("--steps", o->steps, "report only steps A:B");
   r->add_option("--top", o->top, "layers/experts/ranks to list")->check(CLI::PositiveNumber);
-  r->callback([o, exit_code] { *exit_code = run_report(*o); });
+  r->callback([o, exit_code] {
+    try {
+      *exit_code = run_report(*o);
+    } catch (const std::exception& e) {  // a plot that cannot be written, a corrupt record
+      std::fprintf(stderr, "error: report: %s\n", e.what());
+      *exit_code = 1;
+    }
+  });
 }
 
 }  // namespace dirmoe

@@ -257,6 +257,20 @@ TEST(Report, WritesEveryPlotAndTheSummary) {
   for (const auto& p : kPlots) expect_valid_png(out / p);
 }
 
+// A plot that cannot be written (here a directory stands where loss.png goes) is an error naming
+// the file, not a crash.
+TEST(Report, UnwritablePlotIsAClearError) {
+  fs::path out = run_dir().parent_path() / "blocked_report";
+  fs::remove_all(out);
+  fs::create_directories(out / "loss.png");
+  Proc r = sh(bin() + " report " + run_dir().string() + " --out " + out.string(), 60);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(
+      r.output.find("error: report: plot: cannot write '" + (out / "loss.png").string() + "'"),
+      std::string::npos)
+      << r.output;
+}
+
 void copy_run(const fs::path& to) {
   fs::remove_all(to);
   fs::create_directories(to);
