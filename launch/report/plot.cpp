@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <numbers>
 
 #include "runtime/core/error.h"
 
@@ -87,6 +88,7 @@ std::string tick_label(double v, double step) {
 
 namespace {
 
+constexpr double kPi = std::numbers::pi;
 constexpr double kTitleSize = 16, kLabelSize = 13, kTickSize = 12, kLegendSize = 12;
 constexpr Rgb kText{30, 30, 30}, kTickText{70, 70, 70}, kGrid{226, 226, 226}, kFrame{90, 90, 90},
     kLegendEdge{200, 200, 200}, kMissing{215, 215, 215};
@@ -147,16 +149,15 @@ void frame(cairo_t* cr, double l, double t, double r, double b) {
   cairo_stroke(cr);
 }
 
-void title_and_labels(cairo_t* cr, double x, double y, double left, double right, double top,
-                      double bottom, double ylabel_x, const std::string& title,
-                      const std::string& xlabel, const std::string& ylabel) {
+void title_and_labels(cairo_t* cr, double y, double left, double right, double top, double bottom,
+                      double ylabel_x, const std::string& title, const std::string& xlabel,
+                      const std::string& ylabel) {
   set_color(cr, kText);
   set_font(cr, kTitleSize, true);
   text(cr, (left + right) / 2, y + 14, title, 0.5, 0);
   set_font(cr, kLabelSize);
   text(cr, (left + right) / 2, bottom + 36, xlabel, 0.5, 0);
-  text(cr, ylabel_x, (top + bottom) / 2, ylabel, 0.5, 1, -M_PI / 2);
-  (void)x;
+  text(cr, ylabel_x, (top + bottom) / 2, ylabel, 0.5, 1, -kPi / 2);
 }
 
 }  // namespace
@@ -234,7 +235,7 @@ void draw_line_chart(Figure& f, double x, double y, double w, double h, const Li
       for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
         if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
         cairo_new_sub_path(cr);
-        cairo_arc(cr, px(s.x[i]), py(s.y[i]), 4, 0, 2 * M_PI);
+        cairo_arc(cr, px(s.x[i]), py(s.y[i]), 4, 0, 2 * kPi);
         set_color(cr, s.color);
         cairo_fill_preserve(cr);
         set_color(cr, kWhite);
@@ -257,7 +258,7 @@ void draw_line_chart(Figure& f, double x, double y, double w, double h, const Li
     if (v >= ymin && v <= ymax) text(cr, left - 8, py(v), tick_label(v, ys), 1, 0.5);
   for (double v : xt)
     if (v >= xmin && v <= xmax) text(cr, px(v), bottom + 9, tick_label(v, xs), 0.5, 0);
-  title_and_labels(cr, x, y, left, right, top, bottom, ylabel_x, chart.title, chart.xlabel,
+  title_and_labels(cr, y, left, right, top, bottom, ylabel_x, chart.title, chart.xlabel,
                    chart.ylabel);
 
   // Legend in the corner of the plot area that hides the fewest points of the lines.
@@ -302,10 +303,10 @@ void draw_line_chart(Figure& f, double x, double y, double w, double h, const Li
   }
   const double bx = corners[best][0], by = corners[best][1], r = 4;
   cairo_new_sub_path(cr);
-  cairo_arc(cr, bx + box_w - r, by + r, r, -M_PI / 2, 0);
-  cairo_arc(cr, bx + box_w - r, by + box_h - r, r, 0, M_PI / 2);
-  cairo_arc(cr, bx + r, by + box_h - r, r, M_PI / 2, M_PI);
-  cairo_arc(cr, bx + r, by + r, r, M_PI, 3 * M_PI / 2);
+  cairo_arc(cr, bx + box_w - r, by + r, r, -kPi / 2, 0);
+  cairo_arc(cr, bx + box_w - r, by + box_h - r, r, 0, kPi / 2);
+  cairo_arc(cr, bx + r, by + box_h - r, r, kPi / 2, kPi);
+  cairo_arc(cr, bx + r, by + r, r, kPi, 3 * kPi / 2);
   cairo_close_path(cr);
   set_color(cr, kWhite, 0.9);
   cairo_fill_preserve(cr);
@@ -324,7 +325,7 @@ void draw_line_chart(Figure& f, double x, double y, double w, double h, const Li
     cairo_stroke(cr);
     cairo_set_dash(cr, nullptr, 0, 0);
     if (s.markers) {
-      cairo_arc(cr, sx + swatch / 2, cy, 4, 0, 2 * M_PI);
+      cairo_arc(cr, sx + swatch / 2, cy, 4, 0, 2 * kPi);
       cairo_fill(cr);
     }
     set_color(cr, kText);
@@ -361,7 +362,9 @@ void draw_heatmap(Figure& f, double x, double y, double w, double h, const Heatm
   const double cw = (right - left) / m.cols, rh = (bottom - top) / m.rows;
 
   // Cells: one pixel per cell in an image, scaled up without smoothing.
-  cairo_surface_t* img = cairo_image_surface_create(CAIRO_FORMAT_RGB24, m.cols, m.rows);
+  std::unique_ptr<cairo_surface_t, void (*)(cairo_surface_t*)> cells(
+      cairo_image_surface_create(CAIRO_FORMAT_RGB24, m.cols, m.rows), cairo_surface_destroy);
+  cairo_surface_t* img = cells.get();
   DIRMOE_CHECK(cairo_surface_status(img) == CAIRO_STATUS_SUCCESS, "plot: cannot create a ", m.cols,
                "x", m.rows, " heat map");
   unsigned char* data = cairo_image_surface_get_data(img);
@@ -382,7 +385,6 @@ void draw_heatmap(Figure& f, double x, double y, double w, double h, const Heatm
   cairo_rectangle(cr, 0, 0, m.cols, m.rows);
   cairo_fill(cr);
   cairo_restore(cr);
-  cairo_surface_destroy(img);
   frame(cr, left, top, right, bottom);
 
   if (m.annotate && rh >= 16) {
@@ -428,7 +430,7 @@ void draw_heatmap(Figure& f, double x, double y, double w, double h, const Heatm
   for (int r = 0; r < m.rows; r += row_step)
     text(cr, left - 7, top + (r + 0.5) * rh, row_label(r), 1, 0.5);
   for (const auto& [X, lab] : xt) text(cr, X, bottom + 9, lab, 0.5, 0);
-  title_and_labels(cr, x, y, left, right, top, bottom, ylabel_x, m.title, m.xlabel, m.ylabel);
+  title_and_labels(cr, y, left, right, top, bottom, ylabel_x, m.title, m.xlabel, m.ylabel);
 
   // Colour bar.
   const double bx = right + 18;
@@ -452,7 +454,7 @@ void draw_heatmap(Figure& f, double x, double y, double w, double h, const Heatm
       text(cr, bx + bar_w + 7, cy(v), tick_label(v, cstep), 0, 0.5);
   set_color(cr, kText);
   set_font(cr, kLabelSize);
-  text(cr, bx + bar_w + 8 + cbar_w + 10, (top + bottom) / 2, m.value_label, 0.5, 0, -M_PI / 2);
+  text(cr, bx + bar_w + 8 + cbar_w + 10, (top + bottom) / 2, m.value_label, 0.5, 0, -kPi / 2);
   cairo_restore(cr);
 }
 
