@@ -23,7 +23,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using plot::Canvas;
+using plot::Figure;
 
 void note(const std::string& s) { std::printf("note: %s\n", s.c_str()); }
 
@@ -136,7 +136,7 @@ std::string plot_loss(const Run& run, const fs::path& out) {
     ev.y.push_back(num(r, "eval_loss"));
   }
   if (!ev.x.empty()) ch.series.push_back(ev);
-  Canvas c(900, 500);
+  Figure c(900, 500);
   plot::draw_line_chart(c, 0, 0, 900, 500, ch);
   const fs::path p = out / "loss.png";
   c.write_png(p.string());
@@ -166,7 +166,7 @@ std::string plot_active(const Run& run, const fs::path& out, double target_k) {
     t.y = {target_k, target_k};
     ch.series.push_back(t);
   }
-  Canvas c(900, 500);
+  Figure c(900, 500);
   plot::draw_line_chart(c, 0, 0, 900, 500, ch);
   const fs::path p = out / "active_experts.png";
   c.write_png(p.string());
@@ -176,7 +176,7 @@ std::string plot_active(const Run& run, const fs::path& out, double target_k) {
 std::string plot_expert_load(const Run& run, const fs::path& out) {
   const int panel_h = std::max(180, std::min(320, 40 + 18 * run.experts + 60));
   const int W = 1000, H = panel_h * std::max(1, run.layers);
-  Canvas c(W, H);
+  Figure c(W, H);
   // Load relative to the mean expert (1 = balanced), per step; colour range shared by all panels.
   double vmax = 2.0;
   std::vector<std::vector<double>> vals(run.layers);
@@ -226,7 +226,7 @@ std::string plot_rank_load(const Run& run, const fs::path& out) {
     }
     ch.series.push_back(s);
   }
-  Canvas c(900, 500);
+  Figure c(900, 500);
   plot::draw_line_chart(c, 0, 0, 900, 500, ch);
   const fs::path p = out / "rank_load.png";
   c.write_png(p.string());
@@ -270,7 +270,7 @@ std::string plot_traffic(const Run& run, const fs::path& out) {
   m.vmax = std::max(1e-9, *std::max_element(mb.begin(), mb.end()));
   m.annotate = R <= 16;
   const int side = std::clamp(80 * R, 400, 900);
-  Canvas c(side + 240, side + 80);
+  Figure c(side + 240, side + 80);
   plot::draw_heatmap(c, 0, 0, side + 240, side + 80, m);
   const fs::path p = out / "traffic.png";
   c.write_png(p.string());
@@ -309,7 +309,7 @@ std::string plot_sources(const Run& run, const fs::path& out, const std::vector<
   const int cols = std::min(2, std::max(1, run.layers));
   const int rows = (run.layers + cols - 1) / cols;
   const int pw = 560, ph = std::max(200, 110 + 26 * S);
-  Canvas c(pw * cols, ph * std::max(1, rows));
+  Figure c(pw * cols, ph * std::max(1, rows));
   for (int l = 0; l < run.layers; ++l) {
     plot::Heatmap m;
     m.title = "Layer " + std::to_string(l) + ": routing share per source";
@@ -692,7 +692,14 @@ void register_report_command(CLI::App& app, int* exit_code) {
       ->check(CLI::PositiveNumber);
   r->add_option("--steps", o->steps, "report only steps A:B");
   r->add_option("--top", o->top, "layers/experts/ranks to list")->check(CLI::PositiveNumber);
-  r->callback([o, exit_code] { *exit_code = run_report(*o); });
+  r->callback([o, exit_code] {
+    try {
+      *exit_code = run_report(*o);
+    } catch (const std::exception& e) {  // a plot that cannot be written, a corrupt record
+      std::fprintf(stderr, "error: report: %s\n", e.what());
+      *exit_code = 1;
+    }
+  });
 }
 
 }  // namespace dirmoe

@@ -1,7 +1,8 @@
 // End-to-end observability: a real 2-rank run with profiling writes a Chrome trace whose events
 // are complete and nest inside their rank's step, and traffic records whose dispatched rows agree
 // with the monitor's tokens per expert; `dirmoe report` on that run writes every plot as a valid
-// PNG (chunk CRCs, IHDR, inflated IDAT size) and handles missing, partial and truncated input.
+// PNG (chunk CRCs, IHDR, inflated IDAT size, row filters) with text in its margins, and handles
+// missing, partial and truncated input.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,8 +42,7 @@ const fs::path& run_dir() {
                 std::to_string(kSeq) + " --set train.micro_batch=" + std::to_string(kBatch) +
                 " --set train.steps=" + std::to_string(kSteps) +
                 " --set train.eval_interval=3 --set train.eval_batches=1 --set profile.every=2" +
-                " --set checkpoint.at_end=false" +
-                " --run-dir " + p.string());
+                " --set checkpoint.at_end=false" + " --run-dir " + p.string());
     EXPECT_EQ(r.code, 0) << r.output;
     return p;
   }();
@@ -126,7 +126,51 @@ TEST(Traffic, DispatchedRowsMatchTheMonitorsTokensPerExpert) {
     EXPECT_TRUE(l0.contains(k)) << k;
 }
 
-// Checks a PNG completely: signature, chunk CRCs, IHDR, IDAT inflating to h * (1 + 3w) bytes.
+// Undoes the PNG row filters (None, Sub, Up, Average, Paeth; PNG spec section 9) of 8-bit RGB
+// scanlines: `raw` holds h rows of a filter byte and 3w bytes; returns the h x w x 3 pixels.
+std::vector<uint8_t> unfilter(const std::vector<uint8_t>& raw, uint32_t w, uint32_t h, bool* ok) {
+  const size_t stride = 3 * static_cast<size_t>(w);
+  std::vector<uint8_t> px(stride * h);
+  *ok = true;
+  for (uint32_t y = 0; y < h; ++y) {
+    const uint8_t type = raw[y * (stride + 1)];
+    const uint8_t* in = raw.data() + y * (stride + 1) + 1;
+    uint8_t* row = px.data() + y * stride;
+    const uint8_t* up = y > 0 ? row - stride : nullptr;
+    for (size_t i = 0; i < stride; ++i) {
+      const int a = i >= 3 ? row[i - 3] : 0, b = up ? up[i] : 0, c = up && i >= 3 ? up[i - 3] : 0;
+      int pred = 0;
+      switch (type) {
+        case 0:
+          pred = 0;
+          break;
+        case 1:
+          pred = a;
+          break;
+        case 2:
+          pred = b;
+          break;
+        case 3:
+          pred = (a + b) / 2;
+          break;
+        case 4: {
+          const int p = a + b - c, pa = std::abs(p - a), pb = std::abs(p - b), pc = std::abs(p - c);
+          pred = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+          break;
+        }
+        default:
+          *ok = false;
+          return px;
+      }
+      row[i] = static_cast<uint8_t>(in[i] + pred);
+    }
+  }
+  return px;
+}
+
+// Checks a PNG completely: signature, chunk CRCs, IHDR, IDAT inflating to h * (1 + 3w) bytes, row
+// filters; then its pixels: not blank, and text (dark pixels) in the margins that hold the title
+// (top), the x axis label (bottom) and the y axis label or row labels (left).
 void expect_valid_png(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   ASSERT_TRUE(in.good()) << p;
@@ -153,6 +197,7 @@ void expect_valid_png(const fs::path& p) {
       h = u32(o + 12);
       EXPECT_EQ(b[o + 16], 8);  // bit depth
       EXPECT_EQ(b[o + 17], 2);  // truecolour
+      EXPECT_EQ(b[o + 20], 0);  // not interlaced
     } else if (type == "IDAT") {
       idat.insert(idat.end(), b.begin() + o + 8, b.begin() + o + 8 + len);
     } else if (type == "IEND") {
@@ -166,15 +211,33 @@ void expect_valid_png(const fs::path& p) {
   std::vector<uint8_t> raw(static_cast<size_t>(h) * (1 + 3 * w) + 1);
   uLongf n = raw.size();
   ASSERT_EQ(uncompress(raw.data(), &n, idat.data(), idat.size()), Z_OK) << p;
-  EXPECT_EQ(n, static_cast<uLongf>(h) * (1 + 3 * w)) << p;
+  ASSERT_EQ(n, static_cast<uLongf>(h) * (1 + 3 * w)) << p;
+  bool ok = false;
+  const std::vector<uint8_t> px = unfilter(raw, w, h, &ok);
+  ASSERT_TRUE(ok) << p << ": unknown row filter";
+  auto at = [&](uint32_t x, uint32_t y) {
+    return px.data() + (static_cast<size_t>(y) * w + x) * 3;
+  };
   // Not a blank image: more than two distinct colours.
   std::set<uint32_t> colours;
   for (uint32_t y = 0; y < h; y += 3)
     for (uint32_t x = 0; x < w; x += 3) {
-      const uint8_t* px = raw.data() + static_cast<size_t>(y) * (1 + 3 * w) + 1 + 3 * x;
-      colours.insert((uint32_t{px[0]} << 16) | (uint32_t{px[1]} << 8) | px[2]);
+      const uint8_t* c = at(x, y);
+      colours.insert((uint32_t{c[0]} << 16) | (uint32_t{c[1]} << 8) | c[2]);
     }
   EXPECT_GT(colours.size(), 2u) << p;
+  auto dark = [&](uint32_t x0, uint32_t y0, uint32_t x1, uint32_t y1) {
+    int count = 0;
+    for (uint32_t y = y0; y < y1; ++y)
+      for (uint32_t x = x0; x < x1; ++x) {
+        const uint8_t* c = at(x, y);
+        count += c[0] < 128 && c[1] < 128 && c[2] < 128;
+      }
+    return count;
+  };
+  EXPECT_GE(dark(0, 0, w, 35), 30) << p << ": no title";
+  EXPECT_GE(dark(0, h - 30, w, h), 30) << p << ": no x axis label";
+  EXPECT_GE(dark(0, 0, 30, h), 30) << p << ": no y axis label or row labels";
 }
 
 const std::vector<std::string> kPlots = {"loss.png",      "active_experts.png", "expert_load.png",
@@ -192,6 +255,20 @@ TEST(Report, WritesEveryPlotAndTheSummary) {
                         "all-to-all:", "traffic:", "projection: 2 ranks on 2 node(s)"})
     EXPECT_NE(r.output.find(s), std::string::npos) << s << "\n" << r.output;
   for (const auto& p : kPlots) expect_valid_png(out / p);
+}
+
+// A plot that cannot be written (here a directory stands where loss.png goes) is an error naming
+// the file, not a crash.
+TEST(Report, UnwritablePlotIsAClearError) {
+  fs::path out = run_dir().parent_path() / "blocked_report";
+  fs::remove_all(out);
+  fs::create_directories(out / "loss.png");
+  Proc r = sh(bin() + " report " + run_dir().string() + " --out " + out.string(), 60);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(
+      r.output.find("error: report: plot: cannot write '" + (out / "loss.png").string() + "'"),
+      std::string::npos)
+      << r.output;
 }
 
 void copy_run(const fs::path& to) {
