@@ -21,6 +21,7 @@
 #include "comm/mpi_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "experts/placement.h"
+#include "kernels/cuda/api_counters.h"
 #include "launch/commands.h"
 #include "runtime/config.h"
 #include "runtime/core/cuda_check.h"
@@ -121,8 +122,11 @@ int bench(const Config& cfg, const BenchTrainOptions& opt, MpiRuntime& mpi,
   for (int s = 0; s < opt.warmup; ++s) run_step(s, false);
   sync_device();
   world.barrier();
+  const cuda::ApiCounts calls0 = cuda::api_counts();
   const auto t0 = std::chrono::steady_clock::now();
   for (int s = 0; s < opt.steps; ++s) run_step(opt.warmup + s, true);
+  // The bench's own per-step synchronisation (run_step) is not the step's: taken out below.
+  const cuda::ApiCounts calls = cuda::api_counts() - calls0;
   sync_device();
   world.barrier();
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -188,6 +192,13 @@ int bench(const Config& cfg, const BenchTrainOptions& opt, MpiRuntime& mpi,
         static_cast<double>(used[0]) / gib, static_cast<double>(used[1]) / gib);
     const double step_ms = phase_ms[static_cast<size_t>(trace::Phase::kStep)];
     double named = 0;
+    const double per_step = 1.0 / opt.steps, per_mb = per_step / t.grad_accum;
+    std::printf(
+        "CUDA calls per step after warm-up (rank 0): %.1f allocations, %.1f frees; host "
+        "synchronisations %.1f per micro-batch (%.1f stream/event/device syncs, %.1f "
+        "blocking copies per step; %d layers)\n",
+        calls.allocs * per_step, calls.frees * per_step, (calls.host_syncs() - opt.steps) * per_mb,
+        (calls.syncs - opt.steps) * per_step, calls.blocking_copies * per_step, L);
     std::printf("breakdown of one synchronised step (%.2f ms):", step_ms);
     for (size_t p = 0; p < phase_ms.size(); ++p) {
       if (p == static_cast<size_t>(trace::Phase::kStep)) continue;

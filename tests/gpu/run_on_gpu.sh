@@ -303,7 +303,7 @@ fi
 # Figures the open work will add to this suite, with the command each needs once it exists.
 note "PENDING bench a2a (dispatch + combine vs raw NCCL send/recv): mpirun -np 2|4 dirmoe bench a2a --tokens 8192 --hidden 768 --experts 8 --ep N"
 note "PENDING GPU dirmoe train + --resume auto bit-exactness: dirmoe train --config configs/llama185m-e8-topk.yaml --set train.steps=60 (dirmoe train refuses device: cuda today)"
-note "PENDING device routers and host synchronisations per micro-batch: bench train prints them once the routers run on the device"
+note "PENDING routers on the device (router share of the step, dirmoe vs topk TFLOP/s, GPU = CPU routing over 10 steps): their tests join test_kernels_cuda and bench train as they land"
 
 # ---- digest ---------------------------------------------------------------------------------------
 if [ "$DRY" -eq 1 ]; then
