@@ -134,7 +134,7 @@ struct CudaMoELayer<T>::Impl {
   cuda::DeviceBuffer<int64_t> d_offsets, d_slot, d_counts, d_recv_counts;
   cuda::DeviceBuffer<float> d_weights, d_dweights, d_xf;
   cuda::DeviceBuffer<uint8_t> d_plan_scratch;
-  cuda::DeviceBuffer<T> send, wire, back;  // send layout, wire layout, send layout (results)
+  cuda::DeviceBuffer<T> send, wire, back;     // send layout, wire layout, send layout (results)
   cuda::DeviceBuffer<T> xe, h1, h3, act, oe;  // expert layout, kept for backward
   cuda::DeviceBuffer<T> dact, dh1, dh3, dxe, d_hdx;
 };
@@ -176,8 +176,15 @@ void CudaMoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& 
                    r.offsets[0] == 0 && r.offsets[N] == nnz &&
                    static_cast<int64_t>(r.weights.size()) == nnz,
                "moe (cuda): router '", m.router->type(), "' returned a malformed routing");
+  // NOTE: the same checks, in the same words, as the CPU dispatcher (experts/dispatcher.cpp).
+  const int E = m.cfg.num_experts;
   std::fill(m.stats.tokens_per_expert.begin(), m.stats.tokens_per_expert.end(), 0);
-  for (int64_t a = 0; a < nnz; ++a) ++m.stats.tokens_per_expert[r.experts[a]];
+  for (int64_t a = 0; a < nnz; ++a) {
+    const int e = r.experts[a];
+    DIRMOE_CHECK(e >= 0 && e < E, "dispatcher: assignment ", a, " names expert ", e,
+                 ", outside [0, ", E, ")");
+    ++m.stats.tokens_per_expert[e];
+  }
 
   // Plan on the device, counts to the host, count exchange over the host communicator.
   {
@@ -205,6 +212,13 @@ void CudaMoELayer<T>::forward(const T* x, T* y, int64_t N, const RouterContext& 
     kept += m.send_rows[p];
     m.R += m.recv_rows[p];
   }
+  for (int p = 0; p < m.ep; ++p)
+    for (int le = 0; le < m.max_local; ++le) {
+      const int64_t n = m.recv_counts[p * m.max_local + le];
+      DIRMOE_CHECK(n >= 0 && (le < m.num_local || n == 0), "dispatcher: rank ", p, " sent ", n,
+                   " rows for local expert slot ", le, " but this rank owns ", m.num_local,
+                   " experts (inconsistent placements across ranks?)");
+    }
   for (int le = 0; le < m.num_local; ++le) {
     int64_t rows = 0;
     for (int p = 0; p < m.ep; ++p) rows += m.recv_counts[p * m.max_local + le];

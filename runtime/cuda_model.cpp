@@ -63,8 +63,10 @@ struct CudaModel<T>::Impl {
     Vp = m.padded_vocab();
     V = m.vocab_size;
     S = m.seq_len;
-    DIRMOE_CHECK(hd == 32 || hd == 64 || hd == 96 || hd == 128, "model: the CUDA attention supports "
-                 "head dims 32, 64, 96 and 128, but hidden / heads = ", hd);
+    DIRMOE_CHECK(hd == 32 || hd == 64 || hd == 96 || hd == 128,
+                 "model: the CUDA attention supports "
+                 "head dims 32, 64, 96 and 128, but hidden / heads = ",
+                 hd);
     DIRMOE_CUBLAS_CHECK(cublasCreate(&handle));
     DIRMOE_CUBLAS_CHECK(cublasSetStream(handle, stream));
     cublas_workspace.resize(static_cast<int64_t>(kCublasWorkspaceBytes));
@@ -89,8 +91,8 @@ struct CudaModel<T>::Impl {
       L.wo = DP(p + "attn.wo", {d, Hq * hd}, kHalf);
       L.ffn_norm = DP(p + "ffn_norm", {d}, false);
       L.attn_norm.decay = L.ffn_norm.decay = false;
-      L.moe = std::make_unique<CudaMoELayer<T>>(moe_cfg, placement, ep_host, ep_dev, l, handle,
-                                                stream);
+      L.moe =
+          std::make_unique<CudaMoELayer<T>>(moe_cfg, placement, ep_host, ep_dev, l, handle, stream);
     }
     rope_cos.resize(S * hd / 2);
     rope_sin.resize(S * hd / 2);
@@ -162,6 +164,15 @@ struct CudaModel<T>::Impl {
         h_inputs[b * S + s] = tokens[b * (S + 1) + s];
         h_targets[b * S + s] = tokens[b * (S + 1) + s + 1];
       }
+    // NOTE: the CPU kernels' checks in their words (kernels/cpu/embedding.cpp, cross_entropy.cpp),
+    // made on the host where the tokens are, before anything reaches the device.
+    for (int64_t n = 0; n < N; ++n) {
+      const int32_t tok = h_inputs[n], tgt = h_targets[n];
+      DIRMOE_CHECK(tok >= 0 && tok < Vp, "token id ", tok, " at position ", n,
+                   " is outside the vocabulary [0, ", Vp, ")");
+      DIRMOE_CHECK(tgt == -1 || (tgt >= 0 && tgt < V), "target ", tgt, " at row ", n,
+                   " is outside [0, ", V, ") and not -1 (ignored)");
+    }
     DIRMOE_CUDA_CHECK(cudaMemcpyAsync(inputs.data(), h_inputs.data(), N * sizeof(int32_t),
                                       cudaMemcpyHostToDevice, st));
     DIRMOE_CUDA_CHECK(cudaMemcpyAsync(targets.data(), h_targets.data(), N * sizeof(int32_t),
@@ -174,18 +185,15 @@ struct CudaModel<T>::Impl {
       Layer& L = layers[l];
       trace::Scope attention_scope(trace::Phase::kAttention);
       copy(L.x_in.data(), x.data(), N * d);
-      cuda::rmsnorm_forward<T>(L.xn1.data(), L.rstd1.data(), x.data(), L.attn_norm.master.data(),
-                               N, d, eps, st);
-      cuda::linear_forward<T>(handle, L.q.data(), L.xn1.data(), w(L.wq), N, d, Hq * hd,
-                              false, st);
-      cuda::linear_forward<T>(handle, L.k.data(), L.xn1.data(), w(L.wk), N, d,
-                              Hkv * hd, false, st);
-      cuda::linear_forward<T>(handle, L.v.data(), L.xn1.data(), w(L.wv), N, d,
-                              Hkv * hd, false, st);
+      cuda::rmsnorm_forward<T>(L.xn1.data(), L.rstd1.data(), x.data(), L.attn_norm.master.data(), N,
+                               d, eps, st);
+      cuda::linear_forward<T>(handle, L.q.data(), L.xn1.data(), w(L.wq), N, d, Hq * hd, false, st);
+      cuda::linear_forward<T>(handle, L.k.data(), L.xn1.data(), w(L.wk), N, d, Hkv * hd, false, st);
+      cuda::linear_forward<T>(handle, L.v.data(), L.xn1.data(), w(L.wv), N, d, Hkv * hd, false, st);
       cuda::rope_forward<T>(L.q.data(), rope_cos.data(), rope_sin.data(), B, S, Hq, hd, 0, st);
       cuda::rope_forward<T>(L.k.data(), rope_cos.data(), rope_sin.data(), B, S, Hkv, hd, 0, st);
-      cuda::attention_forward<T>(L.att.data(), L.lse.data(), L.q.data(), L.k.data(), L.v.data(),
-                                 B, S, Hq, Hkv, hd, st);
+      cuda::attention_forward<T>(L.att.data(), L.lse.data(), L.q.data(), L.k.data(), L.v.data(), B,
+                                 S, Hq, Hkv, hd, st);
       cuda::linear_forward<T>(handle, x.data(), L.att.data(), w(L.wo), N, Hq * hd, d,
                               /*accumulate=*/true, st);
       copy(L.x_mid.data(), x.data(), N * d);
@@ -199,15 +207,14 @@ struct CudaModel<T>::Impl {
     }
     cuda::rmsnorm_forward<T>(xf.data(), rstd_f.data(), x.data(), final_norm.master.data(), N, d,
                              eps, st);
-    cuda::linear_forward<T>(handle, logits.data(), xf.data(), w(lm_head), N, d, Vp,
-                            false, st);
+    cuda::linear_forward<T>(handle, logits.data(), xf.data(), w(lm_head), N, d, Vp, false, st);
     if (backward) {
       cuda::cross_entropy_fused<T>(losses.data(), ce_lse.data(), logits.data(), logits.data(),
                                    targets.data(), static_cast<float>(loss_scale / N), N, V, Vp,
                                    nullptr, st);
     } else {
-      cuda::cross_entropy_forward<T>(losses.data(), ce_lse.data(), logits.data(), targets.data(),
-                                     N, V, Vp, nullptr, st);
+      cuda::cross_entropy_forward<T>(losses.data(), ce_lse.data(), logits.data(), targets.data(), N,
+                                     V, Vp, nullptr, st);
     }
     h_losses.resize(N);
     DIRMOE_CUDA_CHECK(cudaMemcpyAsync(h_losses.data(), losses.data(), N * sizeof(float),
@@ -235,8 +242,8 @@ struct CudaModel<T>::Impl {
       cuda::linear_backward<T>(handle, datt.data(), L.wo.grad.data(), dres.data(), L.att.data(),
                                w(L.wo), N, Hq * hd, d, false, st);
       cuda::attention_backward<T>(dq.data(), dk.data(), dv.data(), datt.data(), L.q.data(),
-                                  L.k.data(), L.v.data(), L.att.data(), L.lse.data(), B, S, Hq,
-                                  Hkv, hd, attn_scratch.data(), st);
+                                  L.k.data(), L.v.data(), L.att.data(), L.lse.data(), B, S, Hq, Hkv,
+                                  hd, attn_scratch.data(), st);
       cuda::rope_backward<T>(dq.data(), rope_cos.data(), rope_sin.data(), B, S, Hq, hd, 0, st);
       cuda::rope_backward<T>(dk.data(), rope_cos.data(), rope_sin.data(), B, S, Hkv, hd, 0, st);
       cuda::linear_backward<T>(handle, dtmp.data(), L.wq.grad.data(), dq.data(), L.xn1.data(),
@@ -294,9 +301,8 @@ void CudaModel<T>::refresh_half_weights() {
 }
 
 template <class T>
-MicroBatchResult CudaModel<T>::forward_backward(const int32_t* tokens, int64_t B,
-                                                RouterContext ctx, double loss_scale,
-                                                bool backward) {
+MicroBatchResult CudaModel<T>::forward_backward(const int32_t* tokens, int64_t B, RouterContext ctx,
+                                                double loss_scale, bool backward) {
   DIRMOE_CHECK(B >= 1, "micro-batch size must be positive, got ", B);
   return impl_->run(tokens, B, ctx, loss_scale, backward);
 }
@@ -318,7 +324,9 @@ std::vector<Parameter<float>*> CudaModel<T>::router_parameters() {
 }
 
 template <class T>
-int CudaModel<T>::num_layers() const { return static_cast<int>(impl_->layers.size()); }
+int CudaModel<T>::num_layers() const {
+  return static_cast<int>(impl_->layers.size());
+}
 template <class T>
 const MoEStats& CudaModel<T>::moe_stats(int layer) const {
   return impl_->layers.at(layer).moe->stats();
@@ -328,9 +336,13 @@ const Routing<float>& CudaModel<T>::routing(int layer) const {
   return impl_->layers.at(layer).moe->routing();
 }
 template <class T>
-const Config& CudaModel<T>::config() const { return impl_->cfg; }
+const Config& CudaModel<T>::config() const {
+  return impl_->cfg;
+}
 template <class T>
-cudaStream_t CudaModel<T>::stream() const { return impl_->stream; }
+cudaStream_t CudaModel<T>::stream() const {
+  return impl_->stream;
+}
 
 template class CudaModel<float>;
 template class CudaModel<__nv_bfloat16>;

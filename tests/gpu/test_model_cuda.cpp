@@ -22,6 +22,7 @@
 #include "runtime/core/philox.h"
 #include "runtime/cuda_model.h"
 #include "runtime/model.h"
+#include "tests/common/error_of.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace dirmoe {
@@ -46,7 +47,8 @@ Config model_config(const std::string& router, int ep) {
 moe:
   num_experts: 8
   router: )" + router + R"(
-parallel: {ep: )" + std::to_string(ep) + R"(}
+parallel: {ep: )" + std::to_string(ep) +
+                          R"(}
 data: {paths: [unused]}
 )",
                       {}, "test_model_cuda.yaml");
@@ -108,9 +110,9 @@ void compare(const Config& cfg, Communicator* host, NcclCommunicator* dev, int r
   const MicroBatchResult rc = cpu.forward_backward(toks.data(), B, ctx, scale, true);
   const MicroBatchResult rg = gpu.forward_backward(toks.data(), B, ctx, scale, true);
   const double ce_rel = std::fabs(rg.ce_loss - rc.ce_loss) / std::fabs(rc.ce_loss);
-  std::printf("[ model   ] rank %d %s ce cpu %.9f gpu %.9f rel %.3e | router loss cpu %.9f gpu %.9f\n",
-              rank, fp32 ? "f32" : "bf16", rc.ce_loss, rg.ce_loss, ce_rel, rc.router_loss,
-              rg.router_loss);
+  std::printf(
+      "[ model   ] rank %d %s ce cpu %.9f gpu %.9f rel %.3e | router loss cpu %.9f gpu %.9f\n",
+      rank, fp32 ? "f32" : "bf16", rc.ce_loss, rg.ce_loss, ce_rel, rc.router_loss, rg.router_loss);
   if (!fp32) {
     EXPECT_LE(ce_rel, 2e-2) << "bf16 loss";
     return;
@@ -167,13 +169,46 @@ TEST_P(GpuModelTest, Bf16LossWithin2e2OfCpuModel) {
   compare<__nv_bfloat16>(cfg, host_.get(), dev_.get(), rank_, tokens(cfg, B, rank_), B, false);
 }
 
+// Bad token ids stop both models with the same error before any exchange (every rank holds the
+// same bad token, so no rank is left in a collective).
+TEST_P(GpuModelTest, BadTokenIdsGiveTheCpuModelsErrors) {
+  const Config cfg = model_config(GetParam().router, world_);
+  const int64_t B = 2, S = cfg.model.seq_len, Vp = cfg.model.padded_vocab();
+  const Placement placement = Placement::contiguous(cfg.moe.num_experts, cfg.parallel.ep);
+  Model<float> cpu(cfg, host_.get(), placement);
+  CudaModel<float> gpu(cfg, host_.get(), dev_.get(), placement, dev_->stream());
+  const RouterContext ctx{11, 3, 0, static_cast<int64_t>(rank_) * B * S, true};
+  std::vector<int32_t> t = tokens(cfg, B, rank_);
+  t[5] = static_cast<int32_t>(Vp + 3);  // an input: outside the padded vocabulary
+  const std::string want_input = "token id " + std::to_string(Vp + 3) +
+                                 " at position 5 is outside the vocabulary [0, " +
+                                 std::to_string(Vp) + ")";
+  const std::string e_cpu =
+      test::error_of([&] { cpu.forward_backward(t.data(), B, ctx, 1, true); });
+  const std::string e_gpu =
+      test::error_of([&] { gpu.forward_backward(t.data(), B, ctx, 1, true); });
+  EXPECT_NE(e_cpu.find(want_input), std::string::npos) << e_cpu;
+  EXPECT_NE(e_gpu.find(want_input), std::string::npos) << e_gpu;
+  t = tokens(cfg, B, rank_);
+  t[S] = static_cast<int32_t>(cfg.model.vocab_size + 1);  // only a target (row 0's last)
+  const std::string want_target = "target " + std::to_string(cfg.model.vocab_size + 1) +
+                                  " at row " + std::to_string(S - 1) + " is outside [0, " +
+                                  std::to_string(cfg.model.vocab_size) + ")";
+  const std::string t_cpu =
+      test::error_of([&] { cpu.forward_backward(t.data(), B, ctx, 1, true); });
+  const std::string t_gpu =
+      test::error_of([&] { gpu.forward_backward(t.data(), B, ctx, 1, true); });
+  EXPECT_NE(t_cpu.find(want_target), std::string::npos) << t_cpu;
+  EXPECT_NE(t_gpu.find(want_target), std::string::npos) << t_gpu;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Routers, GpuModelTest,
-    ::testing::Values(
-        Case{"topk", "{type: topk, k: 2, aux_loss_coef: 0.01, z_loss_coef: 0.001}"},
-        Case{"dirmoe", "{type: dirmoe, k: 2}"},
-        Case{"probmoe_exact", "{type: probmoe, k: 2, probmoe: {mode: exact}}"},
-        Case{"probmoe_dynamic", "{type: probmoe, k: 2, probmoe: {mode: dynamic, k_min: 1, k_max: 3}}"}),
+    ::testing::Values(Case{"topk", "{type: topk, k: 2, aux_loss_coef: 0.01, z_loss_coef: 0.001}"},
+                      Case{"dirmoe", "{type: dirmoe, k: 2}"},
+                      Case{"probmoe_exact", "{type: probmoe, k: 2, probmoe: {mode: exact}}"},
+                      Case{"probmoe_dynamic",
+                           "{type: probmoe, k: 2, probmoe: {mode: dynamic, k_min: 1, k_max: 3}}"}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace
