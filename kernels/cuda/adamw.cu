@@ -1,16 +1,17 @@
-// AdamW on fp32 master weights and moments (PyTorch semantics); the per-step coefficients are
-// computed in double on the host as the CPU path does, optionally writing the bf16 matmul copy.
+// AdamW on fp32 master weights and moments (PyTorch semantics, kernels/math/adamw.h: the CPU
+// path's own per-element math), optionally writing the bf16 matmul copy: one tensor per launch
+// (adamw_update), or every tensor of a MultiTensorPlan in one launch (multi_tensor_adamw), with
+// the gradient norm of the plan's groups in two (multi_tensor_sum_squares).
 #include <cmath>
 
 #include "kernels/cuda/api.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/math/adamw.h"
 
 namespace dirmoe::cuda {
 namespace {
 
-struct Coeffs {
-  float b1, b2, ob1, ob2, decay, step_size, inv_sqrt_bc2, eps;
-};
+using Coeffs = math::AdamWCoeffs<float>;
 
 template <int kVec>
 __global__ void adamw_kernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
@@ -24,12 +25,7 @@ __global__ void adamw_kernel(float* param, bf16* param_bf16, const float* grad, 
     detail::load_float<float, kVec>(mi, m + i);
     detail::load_float<float, kVec>(vi, v + i);
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      const float ge = g[e] * gs;
-      mi[e] = c.b1 * mi[e] + c.ob1 * ge;
-      vi[e] = c.b2 * vi[e] + c.ob2 * ge * ge;
-      p[e] = p[e] * c.decay - c.step_size * mi[e] / (sqrtf(vi[e]) * c.inv_sqrt_bc2 + c.eps);
-    }
+    for (int e = 0; e < kVec; ++e) math::adamw_element(p[e], g[e] * gs, mi[e], vi[e], c);
     detail::store_float<float, kVec>(param + i, p);
     detail::store_float<float, kVec>(m + i, mi);
     detail::store_float<float, kVec>(v + i, vi);
@@ -48,16 +44,7 @@ void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, f
   DIRMOE_CHECK(n >= 0, "AdamW: negative size ", n);
   if (n == 0) return;
   detail::NvtxRange range("adamw_update");
-  const double bc1 = 1.0 - std::pow(p.beta1, double(p.step));
-  const double bc2 = 1.0 - std::pow(p.beta2, double(p.step));
-  const Coeffs c{float(p.beta1),
-                 float(p.beta2),
-                 float(1.0 - p.beta1),
-                 float(1.0 - p.beta2),
-                 float(1.0 - p.lr * p.weight_decay),
-                 float(p.lr / bc1),
-                 float(1.0 / std::sqrt(bc2)),
-                 float(p.eps)};
+  const Coeffs c = math::adamw_coeffs<float>(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step);
   if (n % 4 == 0 && detail::aligned16(param) && detail::aligned16(grad) && detail::aligned16(m) &&
       detail::aligned16(v)) {
     adamw_kernel<4><<<detail::grid_for(n / 4, 256), 256, 0, stream>>>(param, param_bf16, grad, m, v,

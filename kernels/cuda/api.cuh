@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace dirmoe::cuda {
 
@@ -121,6 +122,44 @@ struct AdamWParams {
 // When param_bf16 is not null it receives the updated weights rounded to bf16 (the matmul copy).
 void adamw_update(float* param, bf16* param_bf16, const float* grad, float* m, float* v, int64_t n,
                   const AdamWParams& p, const float* d_grad_scale, cudaStream_t stream);
+
+// ---- multi-tensor AdamW and gradient norm -------------------------------------------------------
+// Every tensor of a list in one launch. A tensor's device buffers must stay where they are while
+// a chunk list built from it is used (the parameters' do: they are allocated once).
+struct MultiTensor {
+  float* param = nullptr;       // [n] fp32 master weights
+  bf16* param_bf16 = nullptr;   // [n] matmul copy refreshed by the update, or null
+  const float* grad = nullptr;  // [n]
+  float* m = nullptr;           // [n] AdamW moments
+  float* v = nullptr;           // [n]
+  int64_t n = 0;
+  bool decay = true;  // weight decay applies to this tensor
+  int group = 0;      // gradient-norm group (e.g. 0: replicated, 1: experts)
+};
+struct MultiTensorChunk {
+  int32_t tensor;  // index into the tensor list
+  int32_t group;
+  int64_t begin, end;  // element range [begin, end) of that tensor; begin % 4 == 0
+};
+// Host: each tensor cut into chunks of at most max_chunk elements (a multiple of 4), group-major
+// (every chunk of group 0, then group 1, ...), tensor order within a group; *group_begin gets
+// num_groups + 1 offsets into the result.
+std::vector<MultiTensorChunk> multi_tensor_chunks(const std::vector<MultiTensor>& tensors,
+                                                  int num_groups, int64_t max_chunk,
+                                                  std::vector<int64_t>* group_begin);
+constexpr int64_t kMultiTensorChunk = int64_t(1) << 16;
+size_t multi_tensor_scratch_doubles(int64_t num_chunks);
+// d_sumsq[g] = sum of grad^2 over the tensors of group g (double; deterministic: per-chunk
+// partials in scratch, reduced in chunk order). Two launches whatever the number of tensors.
+void multi_tensor_sum_squares(double* d_sumsq, const MultiTensor* d_tensors,
+                              const MultiTensorChunk* d_chunks, int64_t num_chunks,
+                              const int64_t* d_group_begin, int num_groups, double* scratch,
+                              cudaStream_t stream);
+// adamw_update on every tensor (weight decay p.weight_decay where decay is set, 0 elsewhere), the
+// gradient scaled by *d_grad_scale (1 when null). One launch.
+void multi_tensor_adamw(const MultiTensor* d_tensors, const MultiTensorChunk* d_chunks,
+                        int64_t num_chunks, const AdamWParams& p, const float* d_grad_scale,
+                        cudaStream_t stream);
 
 // ---- reductions and elementwise helpers -------------------------------------------------------
 // *d_out = (accumulate ? *d_out : 0) + sum x^2, accumulated in double, deterministic (fixed

@@ -248,6 +248,128 @@ TEST(AdamWCuda, MatchesCpuOverSteps) {
   }
 }
 
+// ---- multi-tensor AdamW and gradient norm ------------------------------------------------------
+// The chunk plan is host logic: checked here without a GPU. Every element of every tensor is in
+// exactly one chunk, chunks are group-major and start at multiples of 4.
+TEST(MultiTensorChunks, CoverEveryElementOnceGroupMajor) {
+  std::vector<MultiTensor> t(5);
+  const int64_t sizes[] = {1, 70000, 0, 131072, 5};
+  const int groups[] = {1, 0, 0, 1, 0};
+  for (int i = 0; i < 5; ++i) {
+    t[i].n = sizes[i];
+    t[i].group = groups[i];
+  }
+  std::vector<int64_t> gb;
+  const auto chunks = multi_tensor_chunks(t, 2, 65536, &gb);
+  ASSERT_EQ(gb.size(), 3u);
+  // group 0: tensor 1 (2 chunks), tensor 4 (1); group 1: tensor 0 (1), tensor 3 (2)
+  ASSERT_EQ(chunks.size(), 6u);
+  EXPECT_EQ(gb, (std::vector<int64_t>{0, 3, 6}));
+  std::vector<int64_t> covered(5, 0);
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const MultiTensorChunk& k = chunks[c];
+    EXPECT_EQ(k.begin % 4, 0);
+    EXPECT_LT(k.begin, k.end);
+    EXPECT_LE(k.end - k.begin, 65536);
+    EXPECT_EQ(k.group, groups[k.tensor]);
+    EXPECT_EQ(static_cast<int64_t>(c) >= gb[1], k.group == 1) << "chunk " << c;
+    EXPECT_EQ(k.begin, covered[k.tensor]) << "chunks of a tensor in order, no gap or overlap";
+    covered[k.tensor] = k.end;
+  }
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(covered[i], sizes[i]) << "tensor " << i;
+  t[2].group = 2;
+  EXPECT_THROW(multi_tensor_chunks(t, 2, 65536, &gb), Error);
+  t[2].group = 0;
+  EXPECT_THROW(multi_tensor_chunks(t, 2, 65537, &gb), Error);
+}
+
+// One launch over tensors of odd sizes, with and without decay and bf16 copies, against
+// cpu::adamw_update per tensor over 3 steps; the gradient norm of both groups against a double
+// reference, and deterministic.
+TEST(AdamWMultiTensorCuda, MatchesCpuPerTensorOverSteps) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const int64_t sizes[] = {1, 3, 1003, 65536, 65537, 200000};
+  const int n_t = 6;
+  std::vector<std::vector<double>> p(n_t), m(n_t), v(n_t), g(n_t);
+  std::vector<DeviceBuffer<float>> dp, dg, dm, dv;
+  std::vector<Guarded<bf16>> half;
+  std::vector<MultiTensor> list;
+  for (int i = 0; i < n_t; ++i) {
+    const int64_t n = sizes[i];
+    p[i] = to_doubles(convert_to<float>(randn(n, 300 + i)));
+    m[i].assign(n, 0.0);
+    v[i].assign(n, 0.0);
+    dp.push_back(to_device_as<float>(p[i]));
+    dg.emplace_back(n);
+    dm.emplace_back(n);
+    dv.emplace_back(n);
+    dm.back().fill_bytes(0);
+    dv.back().fill_bytes(0);
+    half.emplace_back(n);
+  }
+  for (int i = 0; i < n_t; ++i)
+    list.push_back({dp[i].data(), i % 2 == 0 ? half[i].data() : nullptr, dg[i].data(), dm[i].data(),
+                    dv[i].data(), sizes[i], i % 3 != 0, i % 2});
+  std::vector<int64_t> gb;
+  const auto chunks = multi_tensor_chunks(list, 2, kMultiTensorChunk, &gb);
+  auto d_list = to_device(list);
+  auto d_chunks = to_device(chunks);
+  auto d_gb = to_device(gb);
+  DeviceBuffer<double> sumsq(2),
+      scratch(
+          static_cast<int64_t>(multi_tensor_scratch_doubles(static_cast<int64_t>(chunks.size()))));
+  const float gs = 0.5f;
+  auto d_gs = to_device(std::vector<float>{gs});
+  for (int step = 1; step <= 3; ++step) {
+    double ref_sq[2] = {0, 0};
+    for (int i = 0; i < n_t; ++i) {
+      g[i] = to_doubles(convert_to<float>(randn(sizes[i], 400 + 10 * step + i)));
+      dg[i].upload(convert_to<float>(g[i]));
+      for (double e : g[i]) ref_sq[i % 2] += e * e;
+    }
+    multi_tensor_sum_squares(sumsq.data(), d_list.data(), d_chunks.data(),
+                             static_cast<int64_t>(chunks.size()), d_gb.data(), 2, scratch.data(),
+                             nullptr);
+    const auto got_sq = sumsq.download();
+    expect_close("multi_tensor_sum_squares/step" + std::to_string(step) + "/f32",
+                 {got_sq[0], got_sq[1]}, {ref_sq[0], ref_sq[1]}, {1e-12, 1e-12});
+    multi_tensor_sum_squares(sumsq.data(), d_list.data(), d_chunks.data(),
+                             static_cast<int64_t>(chunks.size()), d_gb.data(), 2, scratch.data(),
+                             nullptr);
+    EXPECT_EQ(sumsq.download(), got_sq) << "multi_tensor_sum_squares is not deterministic";
+    AdamWParams gp;
+    gp.lr = 1e-2;
+    gp.weight_decay = 0.1;
+    gp.step = step;
+    multi_tensor_adamw(d_list.data(), d_chunks.data(), static_cast<int64_t>(chunks.size()), gp,
+                       d_gs.data(), nullptr);
+    for (int i = 0; i < n_t; ++i) {
+      cpu::AdamWParams cp;
+      cp.lr = gp.lr;
+      cp.weight_decay = list[i].decay ? gp.weight_decay : 0.0;
+      cp.step = step;
+      std::vector<double> gi = g[i];
+      for (auto& e : gi) e *= gs;
+      cpu::adamw_update(p[i].data(), gi.data(), m[i].data(), v[i].data(), sizes[i], cp);
+    }
+  }
+  for (int i = 0; i < n_t; ++i) {
+    const std::string base = "/n" + std::to_string(sizes[i]) + "/f32";
+    const auto got = dp[i].download();
+    expect_close("multi_adamw(param,3_steps)" + base, to_doubles(got), p[i],
+                 kF32Tol[static_cast<int>(Op::kAdamW)]);
+    expect_close("multi_adamw(m)" + base, to_doubles(dm[i].download()), m[i],
+                 kF32Tol[static_cast<int>(Op::kAdamW)]);
+    expect_close("multi_adamw(v)" + base, to_doubles(dv[i].download()), v[i],
+                 kF32Tol[static_cast<int>(Op::kAdamW)]);
+    if (i % 2 == 0) {
+      expect_exact("multi_adamw(bf16_copy==round(param))" + base, half[i].doubles(),
+                   to_doubles(convert_to<bf16>(to_doubles(got))));
+      expect_guard("multi_adamw bf16 copy", half[i]);
+    }
+  }
+}
+
 // ---- grad norm, clipping, elementwise ----------------------------------------------------------
 template <class T>
 void run_sum_squares(int64_t n) {
