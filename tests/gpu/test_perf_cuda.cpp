@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <string>
+#include <vector>
 
 #include "kernels/cuda/api.cuh"
 #include "tests/gpu/gpu_test_util.h"
@@ -168,6 +170,108 @@ TEST(PerfCuda, AttentionBf16) {
                                       scratch.data(), nullptr);
            }));
   }
+}
+
+// The experts' forward GEMMs of one MoE layer (8 experts, SwiGLU 768 -> 3072 -> 768) three ways,
+// to choose how the layer issues them: a loop of cublasGemmEx per expert and matrix (today's 24
+// calls), cublasGemmStridedBatchedEx over padded capacity (3 calls), and
+// cublasGemmGroupedBatchedEx (w1 and w3 of every expert in one call, w2 in another). Balanced
+// (1024 tokens each) and uneven counts (grouped and loop only: strided needs padding to the
+// largest). Same FLOPs counted for each: the real tokens.
+TEST(PerfCuda, ExpertGemmStrategies) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  cublasHandle_t h;
+  DIRMOE_CUBLAS_CHECK(cublasCreate(&h));
+  DeviceBuffer<uint8_t> ws(32 << 20);
+  DIRMOE_CUBLAS_CHECK(cublasSetWorkspace(h, ws.data(), ws.bytes()));
+  const int E = 8, d = 768, f = 3072;
+  const int cap = 2048;  // rows per expert slot (padded capacity)
+  DeviceBuffer<bf16> x(int64_t(E) * cap * d), W1(int64_t(E) * f * d), W3(int64_t(E) * f * d),
+      W2(int64_t(E) * d * f), h1(int64_t(E) * cap * f), h3(int64_t(E) * cap * f),
+      y(int64_t(E) * cap * d);
+  for (auto* b : {&x, &W1, &W3, &W2, &h1, &h3}) b->fill_bytes(0x3c);
+  const float one = 1.0f, zero = 0.0f;
+  struct Counts {
+    const char* name;
+    int n[8];
+  };
+  const Counts cases[] = {{"balanced", {1024, 1024, 1024, 1024, 1024, 1024, 1024, 1024}},
+                          {"uneven", {2048, 1536, 1280, 1024, 768, 640, 512, 384}}};
+  for (const Counts& c : cases) {
+    double flops = 0;
+    for (int e = 0; e < E; ++e) flops += 3 * 2.0 * c.n[e] * d * f;
+    const std::string tag = std::string("experts_fwd ") + c.name + " E=8 768->3072->768 ";
+    report((tag + "loop of 24 cublasGemmEx").c_str(), flops, time_ms([&] {
+             for (int e = 0; e < E; ++e) {
+               const int64_t xo = int64_t(e) * cap * d, ho = int64_t(e) * cap * f;
+               const int64_t wo = int64_t(e) * f * d;
+               linear_forward<bf16>(h, h1.data() + ho, x.data() + xo, W1.data() + wo, c.n[e], d, f,
+                                    false, nullptr);
+               linear_forward<bf16>(h, h3.data() + ho, x.data() + xo, W3.data() + wo, c.n[e], d, f,
+                                    false, nullptr);
+               linear_forward<bf16>(h, y.data() + xo, h1.data() + ho, W2.data() + wo, c.n[e], f, d,
+                                    false, nullptr);
+             }
+           }));
+    if (std::string(c.name) == "balanced") {
+      // Column-major C[m = out, n = N] = W(op T, [in, out]) x^T[in, N], per expert slot.
+      auto strided = [&](bf16* C, const bf16* A, const bf16* B, int out, int in, int N) {
+        DIRMOE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+            h, CUBLAS_OP_T, CUBLAS_OP_N, out, N, in, &one, A, CUDA_R_16BF, in,
+            static_cast<long long>(out) * in, B, CUDA_R_16BF, in, static_cast<long long>(cap) * in,
+            &zero, C, CUDA_R_16BF, out, static_cast<long long>(cap) * out, E, CUBLAS_COMPUTE_32F,
+            CUBLAS_GEMM_DEFAULT));
+      };
+      report((tag + "3 cublasGemmStridedBatchedEx").c_str(), flops, time_ms([&] {
+               strided(h1.data(), W1.data(), x.data(), f, d, 1024);
+               strided(h3.data(), W3.data(), x.data(), f, d, 1024);
+               strided(y.data(), W2.data(), h1.data(), d, f, 1024);
+             }));
+    }
+    // Grouped: one group per distinct token count (w1 and w3 of that expert share it).
+    std::vector<const void*> A13, B13, A2, B2;
+    std::vector<void*> C13, C2;
+    std::vector<int> m13, n13, k13, m2, n2, k2, size13, size2;
+    std::vector<cublasOperation_t> ta13, tb13, ta2, tb2;
+    std::vector<float> alpha13, beta13, alpha2, beta2;
+    for (int e = 0; e < E; ++e) {
+      const int64_t xo = int64_t(e) * cap * d, ho = int64_t(e) * cap * f, wo = int64_t(e) * f * d;
+      A13.insert(A13.end(), {W1.data() + wo, W3.data() + wo});
+      B13.insert(B13.end(), {x.data() + xo, x.data() + xo});
+      C13.insert(C13.end(), {h1.data() + ho, h3.data() + ho});
+      m13.push_back(f), n13.push_back(c.n[e]), k13.push_back(d), size13.push_back(2);
+      ta13.push_back(CUBLAS_OP_T), tb13.push_back(CUBLAS_OP_N);
+      alpha13.push_back(1), beta13.push_back(0);
+      A2.push_back(W2.data() + wo), B2.push_back(h1.data() + ho), C2.push_back(y.data() + xo);
+      m2.push_back(d), n2.push_back(c.n[e]), k2.push_back(f), size2.push_back(1);
+      ta2.push_back(CUBLAS_OP_T), tb2.push_back(CUBLAS_OP_N);
+      alpha2.push_back(1), beta2.push_back(0);
+    }
+    auto dA13 = to_device(A13), dB13 = to_device(B13), dA2 = to_device(A2), dB2 = to_device(B2);
+    auto dC13 = to_device(C13), dC2 = to_device(C2);
+    std::vector<int> lda13(k13), ldb13(k13), ldc13(m13), lda2(k2), ldb2(k2), ldc2(m2);
+    cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+    auto grouped = [&] {
+      st = cublasGemmGroupedBatchedEx(h, ta13.data(), tb13.data(), m13.data(), n13.data(),
+                                      k13.data(), alpha13.data(), dA13.data(), CUDA_R_16BF,
+                                      lda13.data(), dB13.data(), CUDA_R_16BF, ldb13.data(),
+                                      beta13.data(), dC13.data(), CUDA_R_16BF, ldc13.data(), E,
+                                      size13.data(), CUBLAS_COMPUTE_32F);
+      if (st != CUBLAS_STATUS_SUCCESS) return;
+      st = cublasGemmGroupedBatchedEx(
+          h, ta2.data(), tb2.data(), m2.data(), n2.data(), k2.data(), alpha2.data(), dA2.data(),
+          CUDA_R_16BF, lda2.data(), dB2.data(), CUDA_R_16BF, ldb2.data(), beta2.data(), dC2.data(),
+          CUDA_R_16BF, ldc2.data(), E, size2.data(), CUBLAS_COMPUTE_32F);
+    };
+    grouped();
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      std::printf("[ perf    ] %s2 cublasGemmGroupedBatchedEx: not supported here (%s)\n",
+                  tag.c_str(), cublasGetStatusString(st));
+      continue;
+    }
+    report((tag + "2 cublasGemmGroupedBatchedEx").c_str(), flops, time_ms(grouped));
+  }
+  (void)cublasDestroy(h);
 }
 
 }  // namespace
