@@ -4,11 +4,13 @@
 
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <string>
 #include <type_traits>
 
 #include "experts/moe_layer_cuda.h"
 #include "kernels/cuda/api.cuh"
+#include "kernels/cuda/device_buffer.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/error.h"
 #include "runtime/core/trace.h"
@@ -17,6 +19,9 @@ namespace dirmoe {
 namespace {
 
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+// Tokens per LM-head chunk: 2048 x 51200 logits are 200 MB in bf16 (0.8 GB for a whole 8 x 1024
+// micro-batch), and a 2048 x 768 x 51200 GEMM still fills the GPU.
+constexpr int64_t kHeadChunkRows = 2048;
 
 }  // namespace
 
@@ -49,8 +54,8 @@ struct CudaModel<T>::Impl {
   DB<T> x, moe_out, xf, logits, dres, dtmp, dq, dk, dv, datt;
   DB<float> rstd_f, ce_lse, losses, norm_scratch, attn_scratch;
   DB<int32_t> inputs, targets;
-  std::vector<int32_t> h_inputs, h_targets;
-  std::vector<float> h_losses;
+  cuda::PinnedBuffer<int32_t> h_inputs, h_targets;  // [N]
+  cuda::PinnedBuffer<float> h_losses;               // [N]
 
   Impl(const Config& c, Communicator* ep_host, Communicator* ep_dev, const Placement& placement,
        cudaStream_t st)
@@ -131,7 +136,7 @@ struct CudaModel<T>::Impl {
       L.lse.resize(B * Hq * S);
     }
     for (DB<T>* b : {&x, &moe_out, &xf, &dres, &dtmp}) b->resize(N * d);
-    logits.resize(N * Vp);
+    logits.resize(std::min(N, kHeadChunkRows) * Vp);
     dq.resize(N * Hq * hd);
     datt.resize(N * Hq * hd);
     dk.resize(N * Hkv * hd);
@@ -157,8 +162,8 @@ struct CudaModel<T>::Impl {
     const int64_t N = B * S;
     const float eps = static_cast<float>(cfg.model.norm_eps);
     cudaStream_t st = stream;
-    h_inputs.resize(N);
-    h_targets.resize(N);
+    h_inputs.grow(N);
+    h_targets.grow(N);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t s = 0; s < S; ++s) {
         h_inputs[b * S + s] = tokens[b * (S + 1) + s];
@@ -207,16 +212,25 @@ struct CudaModel<T>::Impl {
     }
     cuda::rmsnorm_forward<T>(xf.data(), rstd_f.data(), x.data(), final_norm.master.data(), N, d,
                              eps, st);
-    cuda::linear_forward<T>(handle, logits.data(), xf.data(), w(lm_head), N, d, Vp, false, st);
-    if (backward) {
-      cuda::cross_entropy_fused<T>(losses.data(), ce_lse.data(), logits.data(), logits.data(),
-                                   targets.data(), static_cast<float>(loss_scale / N), N, V, Vp,
-                                   nullptr, st);
-    } else {
-      cuda::cross_entropy_forward<T>(losses.data(), ce_lse.data(), logits.data(), targets.data(), N,
-                                     V, Vp, nullptr, st);
+    // The LM head and cross-entropy in chunks of kHeadChunkRows tokens, so the [N, Vp] logits are
+    // never all resident: per chunk the logits, the loss and dlogits (in place), and when training
+    // the head's backward at once (dx rows of the chunk into dtmp, dW accumulated).
+    for (int64_t r0 = 0; r0 < N; r0 += kHeadChunkRows) {
+      const int64_t rows = std::min(kHeadChunkRows, N - r0);
+      const T* xr = xf.data() + r0 * d;
+      cuda::linear_forward<T>(handle, logits.data(), xr, w(lm_head), rows, d, Vp, false, st);
+      if (backward) {
+        cuda::cross_entropy_fused<T>(losses.data() + r0, ce_lse.data() + r0, logits.data(),
+                                     logits.data(), targets.data() + r0,
+                                     static_cast<float>(loss_scale / N), rows, V, Vp, nullptr, st);
+        cuda::linear_backward<T>(handle, dtmp.data() + r0 * d, lm_head.grad.data(), logits.data(),
+                                 xr, w(lm_head), rows, d, Vp, false, st);
+      } else {
+        cuda::cross_entropy_forward<T>(losses.data() + r0, ce_lse.data() + r0, logits.data(),
+                                       targets.data() + r0, rows, V, Vp, nullptr, st);
+      }
     }
-    h_losses.resize(N);
+    h_losses.grow(N);
     DIRMOE_CUDA_CHECK(cudaMemcpyAsync(h_losses.data(), losses.data(), N * sizeof(float),
                                       cudaMemcpyDeviceToHost, st));
     DIRMOE_CUDA_CHECK(cudaStreamSynchronize(st));
@@ -227,8 +241,7 @@ struct CudaModel<T>::Impl {
 
     // ---- backward ----
     trace::Recorder::get().set_pass(trace::Pass::kBackward);
-    cuda::linear_backward<T>(handle, dtmp.data(), lm_head.grad.data(), logits.data(), xf.data(),
-                             w(lm_head), N, d, Vp, false, st);
+    // dtmp holds dL/dxf from the chunked head above.
     cuda::rmsnorm_backward<T>(dres.data(), final_norm.grad.data(), dtmp.data(), x.data(),
                               final_norm.master.data(), rstd_f.data(), N, d, false,
                               norm_scratch.data(), st);

@@ -38,7 +38,8 @@ class DeviceBuffer {
     }
     size_ = n;
   }
-  // Reallocates (contents are lost) only when n exceeds the size: activation buffers that only grow.
+  // Reallocates (contents are lost) only when n exceeds the size: activation buffers that only
+  // grow.
   void grow(int64_t n) {
     if (n > size_) resize(n);
   }
@@ -73,9 +74,38 @@ class DeviceBuffer {
   int64_t size_ = 0;
 };
 
+// Page-locked host memory: copies between it and the device are asynchronous (from pageable
+// memory the runtime copies synchronously). Only grows; cudaFreeHost only in its deleter.
+template <class T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  void grow(int64_t n) {
+    DIRMOE_CHECK(n >= 0, "negative pinned buffer size ", n);
+    if (n <= size_) return;
+    ptr_.reset();
+    size_ = 0;
+    void* p = nullptr;
+    DIRMOE_CUDA_CHECK(cudaMallocHost(&p, static_cast<size_t>(n) * sizeof(T)));
+    ptr_.reset(static_cast<T*>(p));
+    size_ = n;
+  }
+  T* data() { return ptr_.get(); }
+  const T* data() const { return ptr_.get(); }
+  T& operator[](int64_t i) { return ptr_.get()[i]; }
+  int64_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { (void)cudaFreeHost(p); }
+  };
+  std::unique_ptr<T, Free> ptr_;
+  int64_t size_ = 0;
+};
+
 // A trainable tensor on the device (the GPU counterpart of dirmoe::Parameter): fp32 master weights
-// and fp32 gradients; `half` holds the bf16 copy the matmuls read when the model runs in bf16 (empty
-// in fp32 mode). Names, shapes and kinds follow the CPU model's parameters one for one.
+// and fp32 gradients; `half` holds the bf16 copy the matmuls read when the model runs in bf16
+// (empty in fp32 mode). Names, shapes and kinds follow the CPU model's parameters one for one.
 struct DeviceParameter {
   std::string name;
   std::vector<int64_t> shape;
