@@ -22,5 +22,7 @@ void register_topology_command(CLI::App& app, int* exit_code);
 void register_export_commands(CLI::App& app, int* exit_code);
 // `dirmoe bench train` under `bench` (GPU builds; other builds get a command that says so).
 void register_bench_train_command(CLI::App& bench, int* exit_code);
+// `dirmoe bench a2a` under `bench` (GPU builds; other builds get a command that says so).
+void register_bench_a2a_command(CLI::App& bench, int* exit_code);
 
 }  // namespace dirmoe

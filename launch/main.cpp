@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "benchmarks of the GPU path");
   bench->require_subcommand(1);
   dirmoe::register_bench_train_command(*bench, &exit_code);
+  dirmoe::register_bench_a2a_command(*bench, &exit_code);
 
   try {
     app.parse(argc, argv);

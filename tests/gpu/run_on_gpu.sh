@@ -286,6 +286,10 @@ else
   sanitizer racecheck "$RACE" 60
   mpi_run "test_comm_nccl np4" "$OUT/nccl_np4.log" 45 4 test_comm_nccl $GTEST
   mpi_run "test_model_cuda np4 (EP=4 through NCCL)" "$OUT/model_np4.log" 75 4 test_model_cuda $GTEST
+  for np in 2 4; do  # the MoE token exchange against raw grouped send/recv, NCCL_HOSTID per rank
+    mpi_run "bench a2a np$np (dispatch + combine vs raw send/recv)" "$OUT/a2a_np$np.log" 40 "$np" \
+      dirmoe bench a2a --tokens 8192 --hidden 768 --experts 8 --ep "$np"
+  done
   mpi_run "test_comm_nccl np1" "$OUT/nccl_np1.log" 30 1 test_comm_nccl $GTEST
   if [ -f tests/runtime/hf_transformers_check.sh ]; then
     run "transformers MixtralForCausalLM against dirmoe's forward" "$OUT/transformers.log" 60 \
@@ -301,7 +305,6 @@ else
   fi
 fi
 # Figures the open work will add to this suite, with the command each needs once it exists.
-note "PENDING bench a2a (dispatch + combine vs raw NCCL send/recv): mpirun -np 2|4 dirmoe bench a2a --tokens 8192 --hidden 768 --experts 8 --ep N"
 note "PENDING GPU dirmoe train + --resume auto bit-exactness: dirmoe train --config configs/llama185m-e8-topk.yaml --set train.steps=60 (dirmoe train refuses device: cuda today)"
 note "PENDING routers on the device (router share of the step, dirmoe vs topk TFLOP/s, GPU = CPU routing over 10 steps): their tests join test_kernels_cuda and bench train as they land"
 
@@ -339,6 +342,9 @@ fi
   echo
   echo "== bench train:"
   for f in "$OUT"/bench_*.log; do [ -f "$f" ] && grep -av '^step ' "$f" | sed 's/^/  /'; done
+  echo
+  echo "== bench a2a (ratio = dispatch + combine / raw grouped send/recv of the same bytes):"
+  grep -ah '^\[ a2a     \] \(result\|check\)' "$OUT"/a2a_np*.log 2>/dev/null | sed 's/^/  /'
   echo
   echo "== compute-sanitizer:"
   grep -ah "ERROR SUMMARY" "$OUT/memcheck.log" "$OUT/racecheck.log" 2>/dev/null | sed 's/^/  /'

@@ -44,7 +44,8 @@ n=$(grep -c '^PLAN' "$WORK/dry.log")
 expect "$WORK/dry.log" '^PLAN .*bench train llama185m-e8-topk.*train.grad_accum=1' "bench train planned with grad_accum 1"
 expect "$WORK/dry.log" '^PLAN .*test_model_cuda np4' "EP=4 model test planned"
 expect "$WORK/dry.log" '^PLAN .*torch_reference.py' "PyTorch peers planned"
-expect "$WORK/dry.log" '^PENDING bench a2a' "pending figures named with their command"
+expect "$WORK/dry.log" '^PLAN .*bench a2a np4.*--ep 4' "bench a2a planned on 4 ranks"
+expect "$WORK/dry.log" '^PENDING GPU dirmoe train' "pending figures named with their command"
 CARRY=$PK bash tests/gpu/run_on_gpu.sh --dry-run --quick >"$WORK/dryq.log" 2>&1
 n=$(grep -c '^PLAN' "$WORK/dryq.log")
 [ "$n" -ge 3 ] && [ "$n" -le 5 ] && ok "quick dry run plans $n steps" || bad "quick dry run plans $n steps"
