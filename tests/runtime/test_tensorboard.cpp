@@ -169,7 +169,8 @@ TEST(TensorBoardWriter, FailedWriteLeavesOnlyWholeRecords) {
   EXPECT_EQ(static_cast<int64_t>(fs::file_size(w.path())), head + 2 * one);
 }
 
-// A record shaped like the trainer's (4 layers of 8 experts): bytes and microseconds per step.
+// A record shaped like the default job's (topk, 4 layers of 8 experts): bytes and microseconds
+// per step.
 TEST(TensorBoardWriter, CostPerStep) {
   nlohmann::json rec = {{"loss", 7.1},
                         {"router_loss", 0.02},
@@ -199,6 +200,10 @@ TEST(TensorBoardWriter, CostPerStep) {
                       {"rank_max_over_mean", 1.3},
                       {"rank_cv", 0.2},
                       {"dead_experts", nlohmann::json::array()},
+                      {"entropy", 0.6},  // the topk router's own figures
+                      {"top1_prob", 0.4},
+                      {"target_k", 2},
+                      {"undispatched_mass", 0.3},
                       {"source_tokens_per_expert", {std::vector<int>(8, 256)}}});
   rec["layers"] = layers;
   const fs::path dir = scratch("cost");
@@ -214,7 +219,7 @@ TEST(TensorBoardWriter, CostPerStep) {
       std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   const size_t tags = tfevents::scalars_of_record(rec).size();
   ASSERT_TRUE(w.ok());
-  EXPECT_EQ(tags, 13u + 4u * 9u);
+  EXPECT_EQ(tags, 13u + 4u * 13u);
   const double per_step = static_cast<double>(w.bytes() - head) / steps;
   EXPECT_EQ(static_cast<int64_t>(fs::file_size(w.path())), w.bytes());
   std::printf(
