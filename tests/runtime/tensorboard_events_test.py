@@ -3,16 +3,17 @@
 with every CRC checked by a bitwise CRC-32C written here, Event/Summary/SessionLog classes built
 with Python's protobuf library from a descriptor written here (event.proto and summary.proto field
 numbers), and the values held against metrics.jsonl step by step (tb_metrics.py derives them by
-the README's tag scheme). Runs: a dirmoe-router run on 2 ranks (EP=2) with evaluations and
-profiled steps; a run whose writing rank is SIGKILLed in step 4, resumed from its step-2
-checkpoint (a second file whose SessionLog START makes TensorBoard drop the orphaned step 3);
-output.tensorboard=false; and the first run's file cut at every byte, which must still give
-every whole record before the cut.
+the README's tag scheme). Runs: a dirmoe-router run on 2 ranks (EP=2) with evaluations,
+profiled steps and a skipped non-finite step; a run whose writing rank is SIGKILLed in step 4,
+resumed from its step-2 checkpoint (a second file whose SessionLog START makes TensorBoard drop
+the orphaned step 3); output.tensorboard=false; and the first run's file cut at every byte, which
+must still give every whole record before the cut.
 
 usage: tensorboard_events_test.py --bin DIRMOE --mpiexec MPIEXEC --source SRC_DIR --work DIR
 """
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -212,7 +213,8 @@ def run(cmd, env=None, expect=0):
                        timeout=300)
     out = p.stdout.decode(errors="replace")
     if not check(p.returncode == expect if expect is not None else p.returncode != 0,
-                 "exit %d (wanted %s): %s\n%s" % (p.returncode, "non-zero" if expect is None else expect, " ".join(cmd), out)):
+                 "exit %d (wanted %s): %s\n%s" % (p.returncode, "non-zero" if expect is None
+                                                   else expect, " ".join(cmd), out)):
         raise SystemExit(1)
     return out, time.time() - t0
 
@@ -242,11 +244,13 @@ def main():
             cmd += ["--set", s]
         return cmd
 
-    # 1. A dirmoe-router run: evaluations at 0, 3, 6; all-to-all profiled on steps 2, 4, 6.
+    # 1. A dirmoe-router run: evaluations at 0, 3, 6; all-to-all profiled on steps 2, 4, 6; a NaN
+    # gradient in step 5 (the step is skipped: grad_norm NaN, skipped true).
     plain = os.path.join(a.work, "plain")
     t_start = time.time()
     run(job("tiny-dirmoe.yaml", 6, plain, "train.eval_interval=3", "profile.every=2",
-            "checkpoint.at_end=false"))
+            "checkpoint.at_end=false"),
+        env=dict(os.environ, DIRMOE_FAULT="nan:5:5:layers.1.attn.wq"))
     names = event_files(plain)
     host = socket.gethostname()
     check(len(names) == 1, "plain run: one event file, got %s" % names)
@@ -272,6 +276,10 @@ def main():
     check(all(x <= y for x, y in zip(walls, walls[1:])) and t_start - 1 <= walls[0] and
           walls[-1] <= time.time(), "wall times ordered and within the run")
     want = compare_with_metrics(plain, "plain run (dirmoe router, EP=2)")
+    step5 = {v.tag: v.simple_value for ev in summaries if ev.step == 5 for v in ev.summary.value}
+    check(math.isnan(step5.get("train/grad_norm", 0.0)) and step5.get("train/skipped") == 1.0,
+          "step 5 (NaN gradient): train/grad_norm NaN and train/skipped 1, got %s / %s" %
+          (step5.get("train/grad_norm"), step5.get("train/skipped")))
     for rec, ev in zip(records, summaries):
         got = {v.tag: v.simple_value for v in ev.summary.value}
         exp = {t: tb_metrics.as_float32(v) for t, v in tb_metrics.record_scalars(rec).items()}
