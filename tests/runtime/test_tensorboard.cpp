@@ -24,12 +24,21 @@ namespace {
 
 namespace fs = std::filesystem;
 
+fs::path scratch_root() {
+  return fs::temp_directory_path() / ("dirmoe_tb_" + std::to_string(::getpid()));
+}
+
 fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("dirmoe_tb_" + std::to_string(::getpid())) / name;
+  fs::path p = scratch_root() / name;
   fs::remove_all(p);
   fs::create_directories(p);
   return p;
 }
+
+struct RemoveScratch : ::testing::Environment {
+  void TearDown() override { fs::remove_all(scratch_root()); }
+};
+const auto* const kRemoveScratch = ::testing::AddGlobalTestEnvironment(new RemoveScratch);
 
 uint32_t crc_of(const std::string& s) { return tfevents::crc32c(s.data(), s.size()); }
 
