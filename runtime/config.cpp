@@ -227,6 +227,7 @@ const std::map<std::string, Setter>& schema() {
       F("data.paths", c.data.sources = parse_paths(n)),
       F("data.split", c.data.valid_fraction = parse_split(n)),
       F("output.run_dir", c.output.run_dir = as<std::string>(n, "a directory")),
+      F("output.tensorboard", c.output.tensorboard = parse_bool(n)),
       F("train.max_nonfinite_steps", c.train.max_nonfinite_steps = as<int>(n, "an integer")),
       F("train.watchdog_s", c.train.watchdog_s = as<double>(n, "a number of seconds")),
       F("checkpoint.interval", c.checkpoint.interval = as<int64_t>(n, "an integer")),
@@ -576,7 +577,8 @@ std::string to_yaml(const Config& c) {
   y << YAML::EndSeq;
   y << YAML::Key << "split" << YAML::Value << c.data.valid_fraction << YAML::EndMap;
   y << YAML::Key << "output" << YAML::Value << YAML::BeginMap;
-  y << YAML::Key << "run_dir" << YAML::Value << c.output.run_dir << YAML::EndMap;
+  y << YAML::Key << "run_dir" << YAML::Value << c.output.run_dir;
+  y << YAML::Key << "tensorboard" << YAML::Value << c.output.tensorboard << YAML::EndMap;
   const auto& ck = c.checkpoint;
   y << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
   y << YAML::Key << "interval" << YAML::Value << ck.interval;

@@ -66,6 +66,7 @@ struct CheckpointConfig {
 
 struct OutputConfig {
   std::string run_dir = "runs/default";
+  bool tensorboard = true;  // RUN_DIR/events.out.tfevents.* beside metrics.jsonl (rank 0)
 };
 
 struct Config {

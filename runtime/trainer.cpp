@@ -27,6 +27,7 @@
 #include "runtime/monitor.h"
 #include "runtime/profiler.h"
 #include "runtime/schedule.h"
+#include "runtime/tensorboard.h"
 
 namespace dirmoe {
 namespace {
@@ -438,6 +439,9 @@ class Trainer {
     metrics_.open(dir / "metrics.jsonl", std::ios::trunc);
     for (const auto& line : kept) metrics_ << line << '\n';
     DIRMOE_CHECK(metrics_.good(), "cannot write ", (dir / "metrics.jsonl").string());
+    // A new event file per (re)start; TensorBoard drops older files' steps from first + 1 on.
+    if (cfg_.output.tensorboard)
+      tensorboard_ = std::make_unique<TensorBoardWriter>(dir, first > 0 ? first + 1 : 0);
     log_info("run directory: ", dir.string());
   }
 
@@ -445,6 +449,7 @@ class Trainer {
     if (rank_ != 0) return;
     metrics_ << j.dump() << '\n';
     metrics_.flush();
+    if (tensorboard_) tensorboard_->write_record(j);
   }
 
   Config cfg_;
@@ -461,6 +466,7 @@ class Trainer {
   Buffer<T> flat_;
   Buffer<int32_t> tokens_;
   std::ofstream metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0, unless output.tensorboard=false
   std::unique_ptr<Checkpointer<T>> ckpt_;
   FaultPlan fault_;
   int nonfinite_ = 0;  // consecutive non-finite steps
