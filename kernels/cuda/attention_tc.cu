@@ -108,40 +108,45 @@ __device__ __forceinline__ void write_bf16(bf16* dst, const float (&x)[N]) {
 }
 
 // out (16, 64) fp32, row stride kSLd = A (16 rows of a tile, row stride LD) times B^T, B = a
-// (64, HD) tile: scores of the warp's 16 rows against 64 rows of B.
-template <int HD>
+// (64, HD) tile: scores of the warp's 16 rows against 64 rows of B, JB blocks of 16 columns at a
+// time (JB < 4 holds fewer accumulators live, for kernels short of registers).
+template <int HD, int JB = 4>
 __device__ __forceinline__ void scores_abt(float* out, const bf16* A, const bf16* Bt) {
   constexpr int LD = tile_ld<HD>();
-  FragC acc[4];
+  static_assert(4 % JB == 0, "column blocks per pass must divide 4");
 #pragma unroll
-  for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[j], 0.f);
+  for (int j0 = 0; j0 < 4; j0 += JB) {
+    FragC acc[JB];
 #pragma unroll
-  for (int d = 0; d < HD / 16; ++d) {
-    FragA a;
-    wmma::load_matrix_sync(a, A + d * 16, LD);
+    for (int j = 0; j < JB; ++j) wmma::fill_fragment(acc[j], 0.f);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      FragBCol b;  // B^T[kk][n] = Bt[16 j + n][16 d + kk]
-      wmma::load_matrix_sync(b, Bt + j * 16 * LD + d * 16, LD);
-      wmma::mma_sync(acc[j], a, b, acc[j]);
+    for (int d = 0; d < HD / 16; ++d) {
+      FragA a;
+      wmma::load_matrix_sync(a, A + d * 16, LD);
+#pragma unroll
+      for (int j = 0; j < JB; ++j) {
+        FragBCol b;  // B^T[kk][n] = Bt[16 (j0 + j) + n][16 d + kk]
+        wmma::load_matrix_sync(b, Bt + (j0 + j) * 16 * LD + d * 16, LD);
+        wmma::mma_sync(acc[j], a, b, acc[j]);
+      }
     }
-  }
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
-    wmma::store_matrix_sync(out + j * 16, acc[j], kSLd, wmma::mem_row_major);
+    for (int j = 0; j < JB; ++j)
+      wmma::store_matrix_sync(out + (j0 + j) * 16, acc[j], kSLd, wmma::mem_row_major);
+  }
 }
 
-// acc[d] += P (16, 64; bf16, row stride kPLd) times rows of a (64, HD) tile, column block d.
-template <int HD>
-__device__ __forceinline__ void accumulate_pb(FragC (&acc)[HD / 16], const bf16* P,
-                                              const bf16* Bm) {
+// acc[d] += P (16, 64; bf16, row stride kPLd) times rows of a (64, HD) tile, column block d of Bm
+// (N blocks of 16 columns; Bm may point into the tile at a column offset).
+template <int HD, int N = HD / 16>
+__device__ __forceinline__ void accumulate_pb(FragC (&acc)[N], const bf16* P, const bf16* Bm) {
   constexpr int LD = tile_ld<HD>();
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     FragA a;
     wmma::load_matrix_sync(a, P + j * 16, kPLd);
 #pragma unroll
-    for (int d = 0; d < HD / 16; ++d) {
+    for (int d = 0; d < N; ++d) {
       FragBRow b;  // B[kk][n] = Bm[16 j + kk][16 d + n]
       wmma::load_matrix_sync(b, Bm + j * 16 * LD + d * 16, LD);
       wmma::mma_sync(acc[d], a, b, acc[d]);
@@ -239,13 +244,18 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int c = 0; c < HD / 2; ++c) o[c] *= alpha;
     __syncwarp();  // P written, every lane done reading the scores in sW
-    FragC pv[HD / 16];
+
+    // P V in 64-column slices of the head dim (fewer live accumulators at HD = 128).
 #pragma unroll
-    for (int d = 0; d < HD / 16; ++d) wmma::fill_fragment(pv[d], 0.f);
-    accumulate_pb<HD>(pv, sP, sV);
+    for (int d0 = 0; d0 < HD; d0 += 64) {
+      FragC pv[4];
 #pragma unroll
-    for (int d = 0; d < HD / 16; ++d)
-      wmma::store_matrix_sync(sW + d * 16, pv[d], kWLd, wmma::mem_row_major);
+      for (int d = 0; d < 4; ++d) wmma::fill_fragment(pv[d], 0.f);
+      accumulate_pb<HD, 4>(pv, sP, sV + d0);
+#pragma unroll
+      for (int d = 0; d < 4; ++d)
+        wmma::store_matrix_sync(sW + d0 + d * 16, pv[d], kWLd, wmma::mem_row_major);
+    }
     __syncwarp();
     const float* pv_row = sW + r * kWLd + half * (HD / 2);
 #pragma unroll
@@ -266,6 +276,11 @@ __global__ void __launch_bounds__(kThreads)
     if (half == 0) lse[int64_t(bh) * S + row] = (m + log2f(l)) * kLn2;
   }
 }
+
+// Column blocks per scores pass in the dK/dV kernel: its 2 x HD/16 accumulators stay live across
+// the loop, so at HD = 128 the scores go two blocks at a time.
+template <int HD>
+constexpr int kDkdvJB = HD > 64 ? 2 : 4;
 
 template <int HD>
 constexpr size_t dkdv_smem() {
@@ -332,7 +347,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       __syncthreads();
       float p[32];
-      scores_abt<HD>(sW, sK + warp * 16 * LD, sQ);  // S^T (16 keys, 64 queries), unscaled
+      scores_abt<HD, kDkdvJB<HD>>(sW, sK + warp * 16 * LD, sQ);  // S^T (16 keys, 64 queries)
       __syncwarp();
 #pragma unroll
       for (int c = 0; c < 32; c += 4) {
@@ -346,7 +361,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       write_bf16(sPt + r * kPLd + half * 32, p);
       __syncwarp();  // every lane done reading S^T before dP^T overwrites it
-      scores_abt<HD>(sW, sV + warp * 16 * LD, sdO);  // dP^T (16 keys, 64 queries)
+      scores_abt<HD, kDkdvJB<HD>>(sW, sV + warp * 16 * LD, sdO);  // dP^T (16 keys, 64 queries)
       __syncwarp();
 #pragma unroll
       for (int c = 0; c < 32; c += 4) {
