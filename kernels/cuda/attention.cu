@@ -1,11 +1,14 @@
 // Causal grouped-query attention, flash style: 64x64 tiles in shared memory (fp32), online softmax,
 // logsumexp saved. Backward recomputes P from it in two deterministic passes without atomics
 // (dK/dV per key tile over the query heads of its group, dQ per query tile).
-// NOTE: fp32 SIMT math (4x4 register micro-tiles, 256 threads); tile_abt and the P.V loop are
-// where tensor-core (mma/wgmma) code slots in later.
+// Dispatch: bf16 with head dim 64 or 128 (16-byte aligned pointers, any S) runs the tensor-core
+// kernels of attention_tc.cu; everything else (fp32, head dims 32/96) runs the fp32 SIMT kernels
+// here (4x4 register micro-tiles, 256 threads), the general path.
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cuda/api.cuh"
+#include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace dirmoe::cuda {
@@ -468,6 +471,11 @@ void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, i
   DIRMOE_CHECK(detail::aligned16(q) && detail::aligned16(k) && detail::aligned16(v),
                "attention_forward: q, k and v must be 16-byte aligned");
   detail::NvtxRange range("attention_forward");
+  if constexpr (std::is_same_v<T, bf16>) {
+    const void* ptrs[] = {out, q, k, v};
+    if (detail::attention_tc_covers(hd, ptrs, 4))
+      return detail::attention_tc_forward(out, lse, q, k, v, B, S, Hq, Hkv, hd, stream);
+  }
   switch (hd) {
     case 32:
       return forward_launch<T, 32>(out, lse, q, k, v, B, S, Hq, Hkv, stream);
@@ -503,6 +511,12 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
   attention_dot_kernel<T><<<detail::grid_for(rows, 8), 256, 0, stream>>>(
       scratch, dout, out, rows, static_cast<int>(S), static_cast<int>(Hq), static_cast<int>(hd));
   DIRMOE_CUDA_LAUNCH_CHECK(stream);
+  if constexpr (std::is_same_v<T, bf16>) {
+    const void* ptrs[] = {dq, dk, dv, dout, q, k, v};
+    if (detail::attention_tc_covers(hd, ptrs, 7))
+      return detail::attention_tc_backward(dq, dk, dv, dout, q, k, v, lse, scratch, B, S, Hq, Hkv,
+                                           hd, stream);
+  }
   switch (hd) {
     case 32:
       return backward_launch<T, 32>(dq, dk, dv, dout, q, k, v, lse, scratch, B, S, Hq, Hkv, stream);

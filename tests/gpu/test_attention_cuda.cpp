@@ -1,6 +1,6 @@
 // CUDA flash-style attention (forward: out + logsumexp; backward: dq, dk, dv) against the CPU
 // reference in double over a named (B, S, Hq, Hkv, hd) grid that includes S not a multiple of the
-// 64-row tile, GQA and MQA, and every supported head dim.
+// 64-row tile, GQA and MQA, and every supported head dim (bf16 at 64/128: the tensor-core path).
 #include <gtest/gtest.h>
 
 #include <tuple>
@@ -17,10 +17,21 @@ struct AttentionCase {
   int64_t B, S, Hq, Hkv, hd;
 };
 const AttentionCase kAttentionCases[] = {
-    {"single_token", 1, 1, 1, 1, 32},     {"one_full_tile_mha", 1, 64, 2, 2, 64},
-    {"gqa_s67", 2, 67, 4, 2, 64},         {"hd32_s130", 2, 130, 2, 2, 32},
-    {"hd96_s100_gqa3", 1, 100, 3, 1, 96}, {"hd128_s200_mqa", 1, 200, 4, 1, 128},
-    {"mqa_s257", 1, 257, 8, 1, 64},       {"model_b2_s512_gqa", 2, 512, 12, 4, 64},
+    {"single_token", 1, 1, 1, 1, 32},
+    {"one_full_tile_mha", 1, 64, 2, 2, 64},
+    {"gqa_s67", 2, 67, 4, 2, 64},
+    {"hd32_s130", 2, 130, 2, 2, 32},
+    {"hd96_s100_gqa3", 1, 100, 3, 1, 96},
+    {"hd128_s200_mqa", 1, 200, 4, 1, 128},
+    {"mqa_s257", 1, 257, 8, 1, 64},
+    {"model_b2_s512_gqa", 2, 512, 12, 4, 64},
+    // bf16 at head dims 64 and 128 runs the tensor-core kernels: whole and partial 64-row tiles
+    // (S = 5 leaves three of the four warps past the end), B > 1, groups of 1 and 3.
+    {"hd64_s5_gqa3", 1, 5, 3, 1, 64},
+    {"hd64_b2_s128_mha", 2, 128, 2, 2, 64},
+    {"hd64_b3_s200_gqa3", 3, 200, 6, 2, 64},
+    {"hd128_b2_s128_gqa3", 2, 128, 6, 2, 128},
+    {"hd128_b2_s130_mha", 2, 130, 2, 2, 128},
 };
 
 template <class T>
