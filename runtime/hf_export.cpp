@@ -15,6 +15,7 @@
 #include "runtime/hf_export.h"
 
 #include <fcntl.h>  // AT_FDCWD
+#include <unistd.h>
 
 #include <cctype>
 #include <cerrno>
@@ -110,7 +111,8 @@ void install_export(const fs::path& tmp, const fs::path& out, bool replace) {
                 tmp.string(), ")");
   };
   if (!replace) {
-    if (fs::is_directory(out)) fs::remove(out);  // empty, checked by the caller
+    // An empty directory at out (checked by the caller) gives way; none is fine too.
+    if (::rmdir(out.c_str()) != 0 && errno != ENOENT) fail("replace the empty " + out.string());
     if (std::rename(tmp.c_str(), out.c_str()) != 0) fail("move it to " + out.string());
     return;
   }
