@@ -12,7 +12,9 @@ For each case: from_pretrained(dtype=float32, output_loading_info=True) must rep
 unexpected or mismatched keys and no error messages; the config must carry the exported RoPE base;
 every exported tensor must equal the loaded parameter it becomes (transformers 5 fuses the experts:
 gate_up_proj[e] = [w1; w3], down_proj[e] = w2); the max abs logit difference must be <= --tol.
-Matmuls run in strict fp32 (no TF32) with eager attention. Exit status 1 when any case fails.
+Matmuls run in strict fp32 (no TF32) with eager attention and the eager experts loop (where
+transformers 5 offers the choice; the default implementation's difference is printed too). Exit
+status 1 when any case fails.
 """
 import json
 import struct
@@ -67,6 +69,27 @@ def expected_parameters(exported, num_layers, num_experts):
     return plain, fused
 
 
+def load(model_dir, experts):
+    """from_pretrained in fp32 with eager attention and, where this transformers has the option
+    (5.x), the given experts implementation; returns (model, loading info, experts implementation)."""
+    kw = dict(dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    if experts is not None:
+        try:
+            model, info = MixtralForCausalLM.from_pretrained(model_dir, experts_implementation=experts, **kw)
+            return model, info, getattr(model.config, "_experts_implementation", experts)
+        except (TypeError, ValueError) as e:
+            print(f"  (experts_implementation={experts!r} not accepted: {e}; using the default)")
+    model, info = MixtralForCausalLM.from_pretrained(model_dir, **kw)
+    return model, info, getattr(model.config, "_experts_implementation", "default")
+
+
+def logits_of(model, tokens, device):
+    model.to(device).eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(tokens.astype(np.int64)).to(device)).logits
+    return out.double().cpu().numpy()
+
+
 def check_case(case, tol, device):
     case = Path(case)
     model_dir = case / "model"
@@ -75,10 +98,7 @@ def check_case(case, tol, device):
     cfg = json.loads((model_dir / "config.json").read_text())
     problems = []
 
-    loaded = MixtralForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                attn_implementation="eager",
-                                                output_loading_info=True)
-    model, info = loaded
+    model, info, experts_impl = load(model_dir, "eager")
     for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         if info.get(key):
             problems.append(f"{key}: {sorted(map(str, info[key]))}")
@@ -100,19 +120,27 @@ def check_case(case, tol, device):
         elif state[name].shape != t.shape or not np.array_equal(state[name], t.astype(np.float32)):
             problems.append(f"tensor {name} differs from the export (shape {state[name].shape} vs {t.shape})")
 
-    model.to(device).eval()
     tokens = np.fromfile(case / "tokens.bin", dtype=np.int32).reshape(B, S)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(tokens.astype(np.int64)).to(device)).logits
-    ref = ref.double().cpu().numpy()
     ours = np.fromfile(case / "logits.bin", dtype=np.float32).reshape(B, S, V).astype(np.float64)
-    diff = float(np.max(np.abs(ref - ours))) if ref.shape == ours.shape else float("inf")
+
+    def max_diff(ref):
+        return float(np.max(np.abs(ref - ours))) if ref.shape == ours.shape else float("inf")
+
+    ref = logits_of(model, tokens, device)
+    diff = max_diff(ref)
     if not diff <= tol:
         problems.append(f"max abs logit difference {diff:.3e} > {tol:g}")
     layout = "per-expert (4.x) names" if expected is plain else "fused experts (5.x)"
-    print(f"{case.name}: EP={inputs.get('ep')} {len(set(json.loads((model_dir / 'model.safetensors.index.json').read_text())['weight_map'].values()))} shard(s), "
-          f"{B}x{S}x{V} logits up to {float(np.max(np.abs(ref))):.3f}: max abs difference {diff:.3e} "
-          f"(tol {tol:g}); loaded as {layout}; " + ("PASS" if not problems else "FAIL"))
+    shards = len(set(json.loads((model_dir / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    print(f"{case.name}: EP={inputs.get('ep')}, {shards} shard(s), {B}x{S}x{V} logits up to "
+          f"{float(np.max(np.abs(ref))):.3f}: max abs difference {diff:.3e} (tol {tol:g}; experts "
+          f"{experts_impl}); loaded as {layout}; " + ("PASS" if not problems else "FAIL"))
+    # For information: the experts implementation transformers picks by default (grouped_mm on a
+    # GPU in 5.x), whose own arithmetic may differ from the eager loop's.
+    default_model, _, default_impl = load(model_dir, None)
+    if default_impl != experts_impl:
+        print(f"  {case.name}: default experts implementation {default_impl}: max abs difference "
+              f"{max_diff(logits_of(default_model, tokens, device)):.3e} (not checked)")
     for p in problems:
         print(f"  {case.name}: {p}")
     return not problems
