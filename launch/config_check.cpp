@@ -3,6 +3,8 @@
 
 #include "launch/commands.h"
 #include "runtime/config.h"
+#include "runtime/core/logging.h"
+#include "runtime/data/dataset.h"
 
 namespace dirmoe {
 namespace {
@@ -28,6 +30,13 @@ int run_config_check(const std::string& path, const std::vector<std::string>& se
   Config cfg = load_config(path, sets);
   if (world <= 0) world = cfg.parallel.ep;
   validate_for_world(cfg, world);
+  // The data may be prepared after the check, so a missing source is a warning, not an error.
+  for (const auto& src : cfg.data.sources) {
+    if (data::data_source_exists(src.path)) continue;
+    log_warn("data.paths: ", src.path, " does not exist (neither ", src.path, ".idx + ", src.path,
+             ".bin nor an llm.c shard file of that name, relative to the working directory); "
+             "training fails unless it is created first");
+  }
   std::printf("# resolved configuration (%s)\n%s", path.c_str(), to_yaml(cfg).c_str());
   ParamCounts p = count_params(cfg);
   MemoryEstimate m = estimate_memory(cfg);
@@ -37,12 +46,13 @@ int run_config_check(const std::string& path, const std::vector<std::string>& se
               human(p.expert, "").c_str());
   std::printf("ranks: %d (ep %d, expert replicas %d); parameters per rank %s\n", world,
               cfg.parallel.ep, world / cfg.parallel.ep, human(p.per_rank, "").c_str());
-  std::printf("memory per rank (estimate, %s): weights %s, grads %s, AdamW %s, activations %s "
-              "(micro-batch %lld x %lld) = %s\n",
-              cfg.model.dtype.c_str(), gib(m.params).c_str(), gib(m.grads).c_str(),
-              gib(m.optimizer).c_str(), gib(m.activations).c_str(),
-              static_cast<long long>(cfg.train.micro_batch),
-              static_cast<long long>(cfg.model.seq_len), gib(m.total()).c_str());
+  std::printf(
+      "memory per rank (estimate, %s): weights %s, grads %s, AdamW %s, activations %s "
+      "(micro-batch %lld x %lld) = %s\n",
+      cfg.model.dtype.c_str(), gib(m.params).c_str(), gib(m.grads).c_str(),
+      gib(m.optimizer).c_str(), gib(m.activations).c_str(),
+      static_cast<long long>(cfg.train.micro_batch), static_cast<long long>(cfg.model.seq_len),
+      gib(m.total()).c_str());
   return 0;
 }
 

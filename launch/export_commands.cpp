@@ -25,16 +25,18 @@ void register_export_commands(CLI::App& app, int* exit_code) {
   hf->add_option("--checkpoint", o->checkpoint,
                  "a step_<N> checkpoint directory, or a checkpoint directory (its newest)")
       ->required();
-  hf->add_option("--out", o->out, "output directory")->required();
+  hf->add_option("--out", o->out,
+                 "output directory: new, empty, or an earlier export (replaced entirely)")
+      ->required();
   hf->add_option("--max-shard-size", o->max_shard_gb, "largest shard in GB (default 2)")
       ->check(CLI::PositiveNumber);
   hf->callback([o, exit_code] {
     try {
       auto s =
           export_hf_mixtral(o->checkpoint, o->out, static_cast<int64_t>(o->max_shard_gb * 1e9));
-      std::printf("exported step %lld: %d tensors, %.1f MB in %d shard(s) to %s\n",
+      std::printf("exported step %lld: %d tensors, %.1f MB in %d shard(s) to %s%s\n",
                   static_cast<long long>(s.step), s.num_tensors, s.total_bytes / 1e6, s.num_shards,
-                  o->out.c_str());
+                  o->out.c_str(), s.replaced ? " (replacing the earlier export there)" : "");
       *exit_code = 0;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "error: %s\n", e.what());

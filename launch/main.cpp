@@ -40,6 +40,12 @@ int cmd_train(const std::string& config, const std::vector<std::string>& sets,
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    dirmoe::validate_debug_env();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
   CLI::App app{"dirmoe: Mixture-of-Experts training with expert parallelism"};
   app.require_subcommand(1);
   int exit_code = 0;

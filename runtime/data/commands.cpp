@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "runtime/core/error.h"
+#include "runtime/core/logging.h"
 #include "runtime/data/file_util.h"
 #include "runtime/data/indexed_dataset.h"
 #include "runtime/data/tokenizer.h"
@@ -122,11 +123,11 @@ bool is_jsonl(const std::string& path) {
   return path.ends_with(".jsonl") || path.ends_with(".JSONL");
 }
 
-// Calls add(doc) for every document of `path`.
+// Calls add(doc, where) for every document of `path`; where = "path" or "path:line".
 template <class Add>
 void read_documents(const std::string& path, const std::string& key, Add&& add) {
   if (!is_jsonl(path)) {
-    add(read_file(path));
+    add(read_file(path), path);
     return;
   }
   std::ifstream in(path, std::ios::binary);
@@ -147,7 +148,7 @@ void read_documents(const std::string& path, const std::string& key, Add&& add) 
     auto it = j.find(key);
     DIRMOE_CHECK(it != j.end() && it->is_string(), path, ":", line_no, ": no \"", key,
                  "\" string field");
-    add(it->get<std::string>());
+    add(it->get<std::string>(), path + ":" + std::to_string(line_no));
   }
   DIRMOE_CHECK(!in.bad(), "error reading ", path);
 }
@@ -264,7 +265,12 @@ DataPrepareStats prepare_dataset(const DataPrepareOptions& opts) {
     };
     try {
       for (const std::string& file : files) {
-        read_documents(file, opts.json_key, [&](std::string doc) {
+        read_documents(file, opts.json_key, [&](std::string doc, const std::string& where) {
+          if (doc.empty()) {
+            log_warn("data prepare: ", where, " is empty: it becomes a document of ",
+                     opts.append_eod ? "one token (<|endoftext|>)" : "no tokens");
+            stats.empty_documents.push_back(where);
+          }
           batch->bytes += static_cast<int64_t>(doc.size());
           batch->docs.push_back(std::move(doc));
           if (batch->bytes >= kBatchBytes || batch->docs.size() >= kBatchDocs) flush();
@@ -339,12 +345,14 @@ int run_data_inspect(const DataInspectOptions& opts) {
       DIRMOE_CHECK(looks_like_token_shard(opts.path), opts.path,
                    " is neither a Megatron prefix nor an llm.c token shard");
       auto sh = std::make_shared<TokenShard>(opts.path);
-      std::cout << "format:       llm.c token shard (magic " << kShardMagic << ", version "
-                << sh->version() << ", uint16 tokens)\n"
+      std::cout << "format:       llm.c token shard (magic " << sh->magic() << ", version "
+                << sh->version() << (sh->format() == ShardFormat::kGpt2 ? ", uint16" : ", uint32")
+                << " tokens)\n"
                 << "file:         " << sh->file_bytes() << " bytes\n";
-      doc_start = shard_document_starts(*sh, kGpt2EotId);
-      std::cout << "documents:    " << doc_start.size() - 1 << " (starting at <|endoftext|> "
-                << kGpt2EotId << ")\n";
+      doc_start = shard_document_starts(*sh, sh->document_token());
+      std::cout << "documents:    " << doc_start.size() - 1 << " (starting at "
+                << (sh->format() == ShardFormat::kGpt2 ? "<|endoftext|> " : "<|begin_of_text|> ")
+                << sh->document_token() << ")\n";
       num_tokens = sh->num_tokens();
       read = [sh](int64_t o, int64_t n, int32_t* out) { sh->read_tokens(o, n, out); };
     }

@@ -26,6 +26,9 @@ struct DataPrepareStats {
   int64_t num_bytes = 0;  // text bytes read
   double seconds = 0;     // from the first document read to the index written
   int64_t vocab_size = 0;
+  // Inputs whose text is empty ("FILE", or "FILE:LINE" in a .jsonl), each warned about: they
+  // become documents of no tokens (or only <|endoftext|> with --append-eod).
+  std::vector<std::string> empty_documents;
 };
 
 struct DataInspectOptions {

@@ -112,12 +112,8 @@ void Source::read_sample(int64_t s, int64_t seq_len, uint64_t seed, int32_t* out
 
 void open_source(Source* src, int64_t vocab_size) {
   const std::string& path = src->path;
-  std::string prefix = path;
-  if (!file_exists(prefix + ".idx") && path.size() > 4 && path.ends_with(".bin") &&
-      file_exists(path.substr(0, path.size() - 4) + ".idx")) {
-    prefix = path.substr(0, path.size() - 4);
-  }
-  if (file_exists(prefix + ".idx")) {
+  const std::string prefix = megatron_prefix_of(path);
+  if (!prefix.empty()) {
     src->megatron = std::make_unique<IndexedDataset>(prefix);
     const IndexedDataset& ds = *src->megatron;
     ds.validate_tokens(vocab_size);
@@ -130,11 +126,12 @@ void open_source(Source* src, int64_t vocab_size) {
   } else if (file_exists(path)) {
     DIRMOE_CHECK(looks_like_token_shard(path), "data source ", path,
                  " is neither a Megatron prefix (no ", path,
-                 ".idx) nor an llm.c token shard (wrong magic)");
+                 ".idx) nor an llm.c token shard (its magic is neither ", kShardMagic, " nor ",
+                 kShardMagicLlama3, ")");
     src->shard = std::make_unique<TokenShard>(path);
     const TokenShard& sh = *src->shard;
     sh.validate_tokens(vocab_size);
-    src->doc_start = shard_document_starts(sh, kGpt2EotId);
+    src->doc_start = shard_document_starts(sh, sh.document_token());
   } else {
     DIRMOE_FAIL("data source ", path, " does not exist (neither ", path, ".idx + ", path,
                 ".bin nor an llm.c shard file ", path, ")");
@@ -142,6 +139,19 @@ void open_source(Source* src, int64_t vocab_size) {
 }
 
 }  // namespace
+
+std::string megatron_prefix_of(const std::string& path) {
+  if (file_exists(path + ".idx")) return path;
+  if (path.size() > 4 && path.ends_with(".bin") &&
+      file_exists(path.substr(0, path.size() - 4) + ".idx")) {
+    return path.substr(0, path.size() - 4);
+  }
+  return "";
+}
+
+bool data_source_exists(const std::string& path) {
+  return !megatron_prefix_of(path).empty() || file_exists(path);
+}
 
 struct TrainingData::Impl {
   Split split = Split::kTrain;

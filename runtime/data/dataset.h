@@ -17,6 +17,13 @@ struct DataSource {
   std::string path;  // Megatron prefix (PREFIX.bin + PREFIX.idx) or an llm.c shard file (.bin)
 };
 
+// The Megatron prefix `path` names (`path` itself, or `path` without a ".bin" whose ".idx" exists)
+// when its PREFIX.idx exists; else "" (then `path` must be an llm.c shard). Training opens sources
+// by this rule; `config check` warns with it about sources that do not exist yet.
+std::string megatron_prefix_of(const std::string& path);
+// True when `path` names an existing Megatron prefix or file.
+bool data_source_exists(const std::string& path);
+
 struct DataConfig {
   std::vector<DataSource> sources;
   double valid_fraction = 0.05;  // share of each source's documents held out for evaluation

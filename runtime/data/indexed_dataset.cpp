@@ -274,6 +274,13 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
                "), which cannot hold token ids");
   const uint64_t s = load<uint64_t>(p + 18), d = load<uint64_t>(p + 26);
   const uint64_t body = static_cast<uint64_t>(size - kMegatronHeaderBytes);
+  // Megatron's multimodal index (IndexedDatasetBuilder(multimodal=True)) appends one int8 mode
+  // per sequence after the document index; its header says nothing else.
+  DIRMOE_CHECK(!(s <= body / 13 && d <= body / 8 && s * 13 + d * 8 == body && s > 0), idx_file,
+               " is a Megatron multimodal index (", s, " sequences, ", d,
+               " document-index entries, then one int8 mode per sequence: ", kMegatronHeaderBytes,
+               " + 13 x ", s, " + 8 x ", d,
+               " bytes), which is unsupported: dirmoe trains on text-only token datasets");
   DIRMOE_CHECK(s <= body / 12 && d <= body / 8 && s * 12 + d * 8 == body, idx_file, " is ", size,
                " bytes but its header announces ", s, " sequences and ", d,
                " document-index entries (", kMegatronHeaderBytes, " + 12 x ", s, " + 8 x ", d,
@@ -370,75 +377,112 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   const int32_t magic = load<int32_t>(file_.data());
   const int32_t version = load<int32_t>(file_.data() + 4);
   const int32_t count = load<int32_t>(file_.data() + 8);
-  DIRMOE_CHECK(magic == kShardMagic, path, " has the wrong magic ", magic, " (expected ",
-               kShardMagic, "): not an llm.c token shard");
-  DIRMOE_CHECK(version == kShardVersion, path, " has unsupported version ", version,
-               " (expected 1: uint16 tokens)");
+  DIRMOE_CHECK(magic == kShardMagic || magic == kShardMagicLlama3, path, " has the wrong magic ",
+               magic, " (expected ", kShardMagic, " or ", kShardMagicLlama3,
+               "): not an llm.c token shard");
+  format_ = magic == kShardMagic ? ShardFormat::kGpt2 : ShardFormat::kLlama3;
+  DIRMOE_CHECK(
+      version == this->version(), path, " has unsupported version ", version, " (expected ",
+      this->version(),
+      format_ == ShardFormat::kGpt2 ? ": uint16 tokens, magic " : ": uint32 tokens, magic ", magic,
+      ")");
   DIRMOE_CHECK(count >= 0, path, " announces a negative token count ", count);
-  DIRMOE_CHECK(size == kShardHeaderBytes + 2 * static_cast<int64_t>(count), path, " is ", size,
-               " bytes but its header announces ", count, " tokens (1024 + 2 x ", count,
+  const int64_t tb = token_bytes();
+  DIRMOE_CHECK(size == kShardHeaderBytes + tb * count, path, " is ", size,
+               " bytes but its header announces ", count, " tokens (1024 + ", tb, " x ", count,
                " bytes): truncated or corrupt");
   num_tokens_ = count;
 }
 
-uint16_t TokenShard::token(int64_t i) const {
-  DIRMOE_CHECK(i >= 0 && i < num_tokens_, "token ", i, " out of range [0, ", num_tokens_, ") in ",
-               path_);
-  return load<uint16_t>(file_.data() + kShardHeaderBytes + 2 * i);
+int32_t TokenShard::magic() const {
+  return format_ == ShardFormat::kGpt2 ? kShardMagic : kShardMagicLlama3;
+}
+int32_t TokenShard::version() const {
+  return format_ == ShardFormat::kGpt2 ? kShardVersion : kShardVersionLlama3;
+}
+int32_t TokenShard::document_token() const {
+  return format_ == ShardFormat::kGpt2 ? 50256 : kLlama3BeginOfTextId;
 }
 
-const uint16_t* TokenShard::tokens() const {
-  return num_tokens_ > 0 ? reinterpret_cast<const uint16_t*>(file_.data() + kShardHeaderBytes)
-                         : nullptr;
+uint32_t TokenShard::token(int64_t i) const {
+  DIRMOE_CHECK(i >= 0 && i < num_tokens_, "token ", i, " out of range [0, ", num_tokens_, ") in ",
+               path_);
+  const uint8_t* p = file_.data() + kShardHeaderBytes + token_bytes() * i;
+  return format_ == ShardFormat::kGpt2 ? load<uint16_t>(p) : load<uint32_t>(p);
 }
 
 void TokenShard::read_tokens(int64_t offset, int64_t count, int32_t* out) const {
   DIRMOE_CHECK(offset >= 0 && count >= 0 && offset <= num_tokens_ - count, "tokens [", offset, ", ",
                offset + count, ") out of range [0, ", num_tokens_, ") in ", path_);
   if (count == 0) return;
-  convert_tokens(static_cast<uint8_t>(TokenDType::kUInt16),
-                 file_.data() + kShardHeaderBytes + 2 * offset, count, out);
+  const uint8_t* p = file_.data() + kShardHeaderBytes + token_bytes() * offset;
+  if (format_ == ShardFormat::kGpt2) {
+    convert_tokens(static_cast<uint8_t>(TokenDType::kUInt16), p, count, out);
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const uint32_t v = load<uint32_t>(p + 4 * i);
+    DIRMOE_CHECK(v <= static_cast<uint32_t>(std::numeric_limits<int32_t>::max()), path_, ": token ",
+                 v, " at position ", offset + i, " does not fit int32");
+    out[i] = static_cast<int32_t>(v);
+  }
 }
 
 void TokenShard::validate_tokens(int64_t vocab_size) const {
   if (num_tokens_ == 0) return;
-  int64_t value = 0;
-  const int64_t bad =
-      first_bad_token(static_cast<uint8_t>(TokenDType::kUInt16), file_.data() + kShardHeaderBytes,
-                      num_tokens_, vocab_size, &value);
+  int64_t value = 0, bad = -1;
+  const uint8_t* p = file_.data() + kShardHeaderBytes;
+  if (format_ == ShardFormat::kGpt2) {
+    bad = first_bad_token(static_cast<uint8_t>(TokenDType::kUInt16), p, num_tokens_, vocab_size,
+                          &value);
+  } else {
+    for (int64_t i = 0; i < num_tokens_ && bad < 0; ++i) {
+      const int64_t v = load<uint32_t>(p + 4 * i);
+      if (v >= vocab_size) bad = i, value = v;
+    }
+  }
   DIRMOE_CHECK(bad < 0, path_, ": token ", value, " at position ", bad,
                " is outside the vocabulary [0, ", vocab_size, ")");
 }
 
-std::vector<int64_t> shard_document_starts(const TokenShard& shard, int32_t eot) {
+std::vector<int64_t> shard_document_starts(const TokenShard& shard, int64_t delimiter) {
   std::vector<int64_t> starts{0};
   const int64_t n = shard.num_tokens();
-  if (eot >= 0 && eot < 65536) {
-    const uint16_t* t = shard.tokens();
-    for (int64_t i = 1; i < n; ++i) {
-      if (t[i] == eot) starts.push_back(i);
-    }
+  const uint8_t* p = shard.token_data();
+  for (int64_t i = 1; i < n; ++i) {
+    const int64_t t = shard.format() == ShardFormat::kGpt2 ? load<uint16_t>(p + 2 * i)
+                                                           : load<uint32_t>(p + 4 * i);
+    if (t == delimiter) starts.push_back(i);
   }
   if (n > 0) starts.push_back(n);
   return starts;
 }
 
-void write_token_shard(const std::string& path, std::span<const int32_t> tokens) {
+void write_token_shard(const std::string& path, std::span<const int32_t> tokens,
+                       ShardFormat format) {
   DIRMOE_CHECK(tokens.size() <= static_cast<size_t>(std::numeric_limits<int32_t>::max()),
                "too many tokens (", tokens.size(), ") for one llm.c shard ", path);
+  const bool gpt2 = format == ShardFormat::kGpt2;
   int32_t header[kShardHeaderInts] = {};
-  header[0] = kShardMagic;
-  header[1] = kShardVersion;
+  header[0] = gpt2 ? kShardMagic : kShardMagicLlama3;
+  header[1] = gpt2 ? kShardVersion : kShardVersionLlama3;
   header[2] = static_cast<int32_t>(tokens.size());
-  std::vector<uint16_t> data(tokens.size());
+  std::vector<uint8_t> data(tokens.size() * (gpt2 ? 2 : 4));
   for (size_t i = 0; i < tokens.size(); ++i) {
-    DIRMOE_CHECK(tokens[i] >= 0 && tokens[i] < 65536, "token ", tokens[i], " at position ", i,
-                 " does not fit the uint16 tokens of llm.c shard ", path);
-    data[i] = static_cast<uint16_t>(tokens[i]);
+    DIRMOE_CHECK(tokens[i] >= 0 && (!gpt2 || tokens[i] < 65536), "token ", tokens[i],
+                 " at position ", i, " does not fit the ", gpt2 ? "uint16" : "uint32",
+                 " tokens of llm.c shard ", path);
+    if (gpt2) {
+      const auto v = static_cast<uint16_t>(tokens[i]);
+      std::memcpy(data.data() + 2 * i, &v, 2);
+    } else {
+      const auto v = static_cast<uint32_t>(tokens[i]);
+      std::memcpy(data.data() + 4 * i, &v, 4);
+    }
   }
   FileWriter f(path);
   f.write(header, sizeof(header));
-  f.write(data.data(), data.size() * sizeof(uint16_t));
+  f.write(data.data(), data.size());
   f.close();
 }
 
@@ -448,7 +492,7 @@ bool looks_like_token_shard(const std::string& path) {
   int32_t magic = 0;
   const bool ok = std::fread(&magic, sizeof(magic), 1, f) == 1;
   std::fclose(f);
-  return ok && magic == kShardMagic;
+  return ok && (magic == kShardMagic || magic == kShardMagicLlama3);
 }
 
 }  // namespace dirmoe::data

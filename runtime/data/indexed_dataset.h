@@ -1,6 +1,8 @@
 // Tokenized corpora on disk: Megatron-LM's indexed dataset (PREFIX.bin + PREFIX.idx, "MMIDIDX"
 // version 1) with a writer and a validating mmap reader, and llm.c's token shards (a 256 x int32
-// header: magic 20240520, version 1, token count; then uint16 tokens).
+// header: magic, version, token count; then the tokens: magic 20240520 / version 1 with uint16
+// tokens (GPT-2), magic 20240801 / version 7 with uint32 tokens (llama-3), as llm.c's
+// dev/data/data_common.py writes them).
 //
 // PREFIX.idx layout (little-endian, no padding; S sequences, D document-index entries):
 //   [0, 9)    magic "MMIDIDX\0\0"
@@ -26,8 +28,11 @@ namespace dirmoe::data {
 inline constexpr char kMegatronMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', '\0', '\0'};
 inline constexpr uint64_t kMegatronVersion = 1;
 inline constexpr int64_t kMegatronHeaderBytes = 34;
-inline constexpr int32_t kShardMagic = 20240520;
+inline constexpr int32_t kShardMagic = 20240520;  // llm.c "gpt-2": uint16 tokens
 inline constexpr int32_t kShardVersion = 1;
+inline constexpr int32_t kShardMagicLlama3 = 20240801;  // llm.c "llama-3": uint32 tokens
+inline constexpr int32_t kShardVersionLlama3 = 7;
+inline constexpr int32_t kLlama3BeginOfTextId = 128000;  // llm.c puts it before each document
 inline constexpr int64_t kShardHeaderInts = 256;
 inline constexpr int64_t kShardHeaderBytes = kShardHeaderInts * 4;
 inline constexpr int64_t kUint16VocabLimit = 65500;  // Megatron stores uint16 below this vocab size
@@ -125,35 +130,46 @@ class IndexedDataset {
   int64_t lengths_at_ = 0, pointers_at_ = 0, doc_index_at_ = 0;
 };
 
+// The two llm.c shard formats.
+enum class ShardFormat { kGpt2, kLlama3 };
+
 // An llm.c token shard, validated on open (magic, version, token count against the file size).
 class TokenShard {
  public:
   explicit TokenShard(const std::string& path);
 
   const std::string& path() const { return path_; }
-  int32_t version() const { return kShardVersion; }
+  ShardFormat format() const { return format_; }
+  int32_t magic() const;
+  int32_t version() const;
+  int64_t token_bytes() const { return format_ == ShardFormat::kGpt2 ? 2 : 4; }
+  // The token llm.c puts before each document: <|endoftext|> (GPT-2), <|begin_of_text|> (llama-3).
+  int32_t document_token() const;
   int64_t num_tokens() const { return num_tokens_; }
   int64_t file_bytes() const { return static_cast<int64_t>(file_.size()); }
-  uint16_t token(int64_t i) const;
-  // (num_tokens) the mapped tokens; 2-byte aligned since the header is 1024 bytes.
-  const uint16_t* tokens() const;
+  uint32_t token(int64_t i) const;
+  // (num_tokens x token_bytes) the mapped little-endian tokens.
+  const uint8_t* token_data() const { return file_.data() + kShardHeaderBytes; }
+  // A token that does not fit int32 (only possible in a llama-3 shard) throws an Error.
   void read_tokens(int64_t offset, int64_t count, int32_t* out) const;
   void validate_tokens(int64_t vocab_size) const;
 
  private:
   std::string path_;
   MappedFile file_;
+  ShardFormat format_ = ShardFormat::kGpt2;
   int64_t num_tokens_ = 0;
 };
 
-// Document boundaries of a shard: a document starts at token 0 and at every later `eot` token
-// (llm.c puts <|endoftext|> before each document). Returns (documents + 1) offsets; {0} when empty.
-std::vector<int64_t> shard_document_starts(const TokenShard& shard, int32_t eot);
+// Document boundaries of a shard: a document starts at token 0 and at every later `delimiter`
+// token. Returns (documents + 1) offsets; {0} when empty.
+std::vector<int64_t> shard_document_starts(const TokenShard& shard, int64_t delimiter);
 
-// Writes an llm.c shard; every token must be in [0, 65536).
-void write_token_shard(const std::string& path, std::span<const int32_t> tokens);
+// Writes an llm.c shard; every token must fit its format (uint16 for GPT-2, uint32 for llama-3).
+void write_token_shard(const std::string& path, std::span<const int32_t> tokens,
+                       ShardFormat format = ShardFormat::kGpt2);
 
-// True when `path` is a file that starts with the llm.c shard magic.
+// True when `path` is a file that starts with one of the llm.c shard magics.
 bool looks_like_token_shard(const std::string& path);
 
 }  // namespace dirmoe::data

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -13,33 +14,102 @@
 namespace dirmoe {
 namespace {
 
-TEST(CheckMacros, CheckThrowsWithExpressionMessageAndLocation) {
-  int n = -3;
+// Sets DIRMOE_DEBUG for one scope (unset when value is null) and restores it.
+class ScopedDebugEnv {
+ public:
+  explicit ScopedDebugEnv(const char* value) {
+    if (const char* v = std::getenv("DIRMOE_DEBUG")) saved_ = v, had_ = true;
+    if (value)
+      ::setenv("DIRMOE_DEBUG", value, 1);
+    else
+      ::unsetenv("DIRMOE_DEBUG");
+  }
+  ~ScopedDebugEnv() {
+    if (had_)
+      ::setenv("DIRMOE_DEBUG", saved_.c_str(), 1);
+    else
+      ::unsetenv("DIRMOE_DEBUG");
+  }
+
+ private:
+  std::string saved_;
+  bool had_ = false;
+};
+
+Error check_error(int n) {
   try {
     DIRMOE_CHECK(n > 0, "n must be positive, got ", n);
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "no throw";
+  return Error("");
+}
+
+TEST(CheckMacros, CheckThrowsTheMessageAloneAndKeepsExpressionAndLocation) {
+  ScopedDebugEnv env(nullptr);
+  const Error e = check_error(-3);
+  EXPECT_EQ(std::string(e.what()), "n must be positive, got -3");
+  EXPECT_EQ(e.message(), "n must be positive, got -3");
+  EXPECT_EQ(e.expression(), "n > 0");
+  EXPECT_NE(e.location().find("test_core.cpp:"), std::string::npos) << e.location();
+  ScopedDebugEnv off("0");
+  EXPECT_EQ(std::string(check_error(-3).what()), "n must be positive, got -3");
+}
+
+TEST(CheckMacros, DebugModeShowsExpressionAndLocation) {
+  ScopedDebugEnv env("1");
+  const Error e = check_error(-3);
+  const std::string w = e.what();
+  EXPECT_EQ(w.rfind("check failed: n > 0: n must be positive, got -3 (", 0), 0u) << w;
+  EXPECT_NE(w.find("test_core.cpp:"), std::string::npos) << w;
+  EXPECT_EQ(e.message(), "n must be positive, got -3");
+}
+
+TEST(CheckMacros, DebugVariableIsParsedStrictly) {
+  for (const char* ok : {"0", "1", ""}) {
+    ScopedDebugEnv env(ok);
+    EXPECT_NO_THROW(validate_debug_env()) << ok;
+  }
+  ScopedDebugEnv env("yes");
+  try {
+    validate_debug_env();
+    FAIL() << "DIRMOE_DEBUG=yes accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "DIRMOE_DEBUG must be 0 or 1, got 'yes'");
+  }
+}
+
+TEST(CheckMacros, CheckWithoutMessageNamesItsExpression) {
+  ScopedDebugEnv env(nullptr);
+  try {
+    int k = 0;
+    DIRMOE_CHECK(k == 1);
     FAIL() << "no throw";
   } catch (const Error& e) {
-    std::string w = e.what();
-    EXPECT_NE(w.find("n > 0"), std::string::npos) << w;
-    EXPECT_NE(w.find("got -3"), std::string::npos) << w;
-    EXPECT_NE(w.find("test_core.cpp:"), std::string::npos) << w;
+    EXPECT_EQ(std::string(e.what()), "internal check failed: k == 1");
   }
 }
 
 TEST(CheckMacros, PassingCheckDoesNothingAndMacrosAreStatements) {
   int evaluated = 0;
-  if (true) DIRMOE_CHECK(++evaluated == 1, "once");
-  else DIRMOE_FAIL("unreachable");
+  if (true)
+    DIRMOE_CHECK(++evaluated == 1, "once");
+  else
+    DIRMOE_FAIL("unreachable");
   EXPECT_EQ(evaluated, 1);
 }
 
 TEST(CheckMacros, FailCarriesContext) {
+  ScopedDebugEnv env(nullptr);
   set_error_context("rank 3/4 on test-host");
   try {
     DIRMOE_FAIL("broken ", 42);
   } catch (const Error& e) {
     std::string w = e.what();
-    EXPECT_EQ(w.rfind("[rank 3/4 on test-host] broken 42", 0), 0u) << w;
+    EXPECT_EQ(w, "[rank 3/4 on test-host] broken 42");
+    EXPECT_EQ(e.expression(), "");
+    EXPECT_NE(e.location().find("test_core.cpp:"), std::string::npos);
   }
   set_error_context("");
 }
@@ -51,14 +121,14 @@ TEST(Philox, MatchesRandom123KnownAnswers) {
   EXPECT_EQ(a.v[1], 0xe169c58du);
   EXPECT_EQ(a.v[2], 0xbc57ac4cu);
   EXPECT_EQ(a.v[3], 0x9b00dbd8u);
-  Philox4 b = philox4x32_10(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu,
-                            0xffffffffu);
+  Philox4 b =
+      philox4x32_10(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu);
   EXPECT_EQ(b.v[0], 0x408f276du);
   EXPECT_EQ(b.v[1], 0x41c83b0eu);
   EXPECT_EQ(b.v[2], 0xa20bc7c6u);
   EXPECT_EQ(b.v[3], 0x6d5451fdu);
-  Philox4 c = philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u,
-                            0x299f31d0u);
+  Philox4 c =
+      philox4x32_10(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u, 0xa4093822u, 0x299f31d0u);
   EXPECT_EQ(c.v[0], 0xd16cfe09u);
   EXPECT_EQ(c.v[1], 0x94fdccebu);
   EXPECT_EQ(c.v[2], 0x5001e420u);

@@ -62,6 +62,7 @@ TEST_F(Prepare, DocumentsInSortedOrderWithEod) {
   o.append_eod = true;
   const DataPrepareStats stats = prepare_dataset(o);
   EXPECT_EQ(stats.num_documents, 5);
+  EXPECT_EQ(stats.empty_documents, std::vector<std::string>{dir_ / "in/empty.txt"});
   Gpt2Tokenizer tok(dir_ / "tok");
   IndexedDataset ds(dir_ / "out/ds");
   EXPECT_EQ(ds.dtype_code(), 8);
@@ -78,6 +79,23 @@ TEST_F(Prepare, DocumentsInSortedOrderWithEod) {
   EXPECT_EQ(document(ds, 1).front(), 257);  // "the" merged
   EXPECT_EQ(run_data_inspect({dir_ / "out/ds", 3, dir_ / "tok", 100}), 0);
   EXPECT_EQ(run_data_inspect({dir_ / "out/ds.idx", 0, "", 100}), 0);
+}
+
+TEST_F(Prepare, EmptyDocumentsAreNamed) {
+  write_file(dir_ / "in/sub/c.jsonl", "{\"text\": \"x\"}\n{\"text\": \"\"}\n");
+  ::testing::internal::CaptureStderr();
+  const DataPrepareStats stats = prepare_dataset(options("e"));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  const std::vector<std::string> expected = {dir_ / "in/empty.txt", dir_ / "in/sub/c.jsonl:2"};
+  EXPECT_EQ(stats.empty_documents, expected);
+  for (const auto& where : expected)
+    EXPECT_NE(err.find("warning: data prepare: " + where +
+                       " is empty: it becomes a document of "
+                       "no tokens"),
+              std::string::npos)
+        << err;
+  IndexedDataset ds(dir_ / "e");
+  EXPECT_EQ(ds.num_documents(), 5);
 }
 
 TEST_F(Prepare, OutputDoesNotDependOnWorkers) {

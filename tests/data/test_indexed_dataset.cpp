@@ -2,6 +2,7 @@
 // trips, and one named error for every kind of damaged file.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 
 #include "runtime/core/error.h"
@@ -189,6 +190,21 @@ TEST_F(DamagedIndex, TruncatedIndex) {
   expect_open_error(idx, bin_, prefix_ + ".idx", "truncated");
 }
 
+// Megatron's multimodal builder appends one int8 mode per sequence after the document index.
+TEST_F(DamagedIndex, MultimodalIndexIsUnsupportedNotCorrupt) {
+  const uint64_t num_sequences = at<uint64_t>(idx_, 18);
+  ASSERT_GT(num_sequences, 0u);
+  const std::string modes(num_sequences, '\0');
+  expect_open_error(idx_ + modes, bin_, prefix_ + ".idx", "is a Megatron multimodal index");
+  expect_open_error(idx_ + modes, bin_, prefix_ + ".idx", "which is unsupported");
+  try {
+    write_file(prefix_ + ".idx", idx_ + modes);
+    IndexedDataset ds(prefix_);
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("corrupt"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(DamagedIndex, BinLengthDisagrees) {
   expect_open_error(idx_, bin_.substr(0, 15), prefix_ + ".bin", "truncated or mismatched");
   expect_open_error(idx_, bin_ + "zz", prefix_ + ".bin", "truncated or mismatched");
@@ -252,6 +268,52 @@ TEST(TokenShard, RoundTrip) {
   expect_error([&] { sh.validate_tokens(50257); }, path, "token 65535 at position 3");
   expect_error([&] { write_token_shard(dir / "big.bin", std::vector<int32_t>{70000}); },
                dir / "big.bin", "does not fit");
+}
+
+// A shard written by llm.c's own writer logic (numpy, tests/data/write_llmc_shard.py), in both
+// formats, read back token for token; the llama-3 tokens exceed uint16.
+TEST(TokenShard, ReadsShardsWrittenAsLlmcWritesThem) {
+  const char* src = std::getenv("DIRMOE_SOURCE_DIR");
+  ASSERT_NE(src, nullptr) << "DIRMOE_SOURCE_DIR unset (run through ctest)";
+  TempDir dir;
+  struct Case {
+    const char* desc;
+    ShardFormat format;
+    std::vector<int32_t> tokens;
+    int32_t delimiter;
+    std::vector<int64_t> starts;
+  };
+  const std::vector<Case> cases = {
+      {"gpt-2", ShardFormat::kGpt2, {50256, 464, 3290, 50256, 65535, 0}, 50256, {0, 3, 6}},
+      {"llama-3",
+       ShardFormat::kLlama3,
+       {128000, 791, 65536, 128255, 128000, 0, 100000},
+       128000,
+       {0, 4, 7}},
+  };
+  for (const auto& c : cases) {
+    const std::string path = dir / (std::string(c.desc) + ".bin");
+    std::string cmd =
+        std::string("python3 ") + src + "/tests/data/write_llmc_shard.py " + path + " " + c.desc;
+    for (int32_t t : c.tokens) cmd += " " + std::to_string(t);
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    EXPECT_TRUE(looks_like_token_shard(path)) << c.desc;
+    TokenShard sh(path);
+    EXPECT_EQ(sh.format(), c.format) << c.desc;
+    EXPECT_EQ(sh.document_token(), c.delimiter) << c.desc;
+    ASSERT_EQ(sh.num_tokens(), static_cast<int64_t>(c.tokens.size())) << c.desc;
+    std::vector<int32_t> back(c.tokens.size());
+    sh.read_tokens(0, sh.num_tokens(), back.data());
+    EXPECT_EQ(back, c.tokens) << c.desc;
+    EXPECT_EQ(shard_document_starts(sh, sh.document_token()), c.starts) << c.desc;
+    // dirmoe's own writer gives the same bytes.
+    write_token_shard(dir / "ours.bin", c.tokens, c.format);
+    EXPECT_EQ(read_file(dir / "ours.bin"), read_file(path)) << c.desc;
+  }
+  TokenShard llama(dir / "llama-3.bin");
+  llama.validate_tokens(128256);
+  expect_error([&] { llama.validate_tokens(100000); }, dir / "llama-3.bin",
+               "token 128000 at position 0 is outside the vocabulary [0, 100000)");
 }
 
 TEST(TokenShard, DamagedFiles) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <set>
@@ -216,6 +217,40 @@ TEST(TrainingData, LlmcShardDocumentsAreDelimitedByEot) {
   for (int64_t i = 0; i < train.num_samples(); ++i) {
     for (int32_t t : get(train, i)) EXPECT_NE(t, 4);
   }
+}
+
+// A llama-3 shard (uint32 tokens, documents start at <|begin_of_text|> 128000), written as llm.c's
+// writer does (numpy, tests/data/write_llmc_shard.py), trains like any other source.
+TEST(TrainingData, LlmcLlama3ShardDocumentsAreDelimitedByBeginOfText) {
+  const char* src = std::getenv("DIRMOE_SOURCE_DIR");
+  ASSERT_NE(src, nullptr) << "DIRMOE_SOURCE_DIR unset (run through ctest)";
+  TempDir dir;
+  const int32_t b = 128000;
+  const std::vector<int32_t> tokens = {b, 70000, 1, 1, b, 2, 2, 2, 2, b, 3, 3, b, 128255, 4, 4, 4};
+  std::string cmd = std::string("python3 ") + src + "/tests/data/write_llmc_shard.py " +
+                    (dir / "l3.bin") + " llama-3";
+  for (int32_t t : tokens) cmd += " " + std::to_string(t);
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  DataConfig cfg{{{1.0, dir / "l3.bin"}}, 0.25};
+  TrainingData train(cfg, Split::kTrain, 2, 5, 128256);
+  TrainingData valid(cfg, Split::kValid, 2, 5, 128256);
+  EXPECT_EQ(train.source_num_documents(0), 3);
+  EXPECT_EQ(valid.source_num_documents(0), 1);
+  EXPECT_EQ(train.source_num_tokens(0), 12);
+  EXPECT_EQ(valid.source_num_tokens(0), 5);
+  for (int64_t i = 0; i < valid.num_samples(); ++i) {
+    for (int32_t t : get(valid, i)) EXPECT_TRUE(t == 4 || t == b || t == 128255) << t;
+  }
+  bool saw_wide = false;
+  for (int64_t i = 0; i < train.num_samples(); ++i) {
+    for (int32_t t : get(train, i)) {
+      EXPECT_NE(t, 4);
+      saw_wide |= t == 70000;
+    }
+  }
+  EXPECT_TRUE(saw_wide) << "token 70000 (above uint16) never read back";
+  expect_error([&] { TrainingData(cfg, Split::kTrain, 2, 5, 128000); },
+               "token 128000 at position 0 is outside the vocabulary [0, 128000)");
 }
 
 TEST(TrainingData, BadSources) {

@@ -127,4 +127,16 @@ TEST(ConfigCheck, PrintsResolvedConfigCountsAndMemory) {
   EXPECT_NE(r.output.find("memory per rank"), std::string::npos) << r.output;
 }
 
+TEST(ConfigCheck, WarnsAboutDataPathsThatDoNotExist) {
+  require_corpus();
+  Proc r = sh(bin() + " config check --config " + src() + "/configs/tiny.yaml --set \"data.paths=[" +
+                  corpus() + ", /nonexistent/corpus]\"",
+              60);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: data.paths: /nonexistent/corpus does not exist"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find(corpus() + " does not exist"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("parameters: total"), std::string::npos) << r.output;
+}
+
 }  // namespace

@@ -289,11 +289,11 @@ TEST(Faults, NonFiniteStepIsSkippedLocatedAndLimited) {
 TEST(Export, HfCommandWritesMixtralAndRefusesUnrenormalisedTopk) {
   require_corpus();
   fs::path dir = work_dir("export");
-  Proc r = sh(mpiexec(2) + bin() + job(2, " --set moe.router.renormalize=true") + " --run-dir " +
-              (dir / "run").string());
+  // The default job renormalises its top-2 weights, as Mixtral does.
+  Proc r = sh(mpiexec(2) + bin() + job(2) + " --run-dir " + (dir / "run").string());
   ASSERT_EQ(r.code, 0) << r.output;
   r = sh(bin() + " export hf --checkpoint " + (dir / "run" / "checkpoints").string() + " --out " +
-             (dir / "hf").string() + " --max-shard-size 0.02",
+             (dir / "hf").string() + " --max-shard-size 0.005",
          60);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(has(r, "exported step 2: ")) << r.output;
@@ -304,23 +304,68 @@ TEST(Export, HfCommandWritesMixtralAndRefusesUnrenormalisedTopk) {
   EXPECT_EQ(c["dirmoe_vocab_size"], 50257);
   EXPECT_EQ(c["num_hidden_layers"], 2);
   EXPECT_EQ(c["hidden_size"], 64);
-  std::ifstream ix(dir / "hf" / "model.safetensors.index.json");
-  auto index = nlohmann::json::parse(ix);
-  std::set<std::string> shards;
-  for (const auto& [k, v] : index["weight_map"].items()) shards.insert(v.get<std::string>());
-  EXPECT_GT(shards.size(), 1u);
-  for (const auto& f : shards) EXPECT_TRUE(fs::exists(dir / "hf" / f)) << f;
+  EXPECT_EQ(c["rope_parameters"]["rope_theta"], 10000.0);
+  auto shard_files = [&] {
+    std::ifstream ix(dir / "hf" / "model.safetensors.index.json");
+    auto index = nlohmann::json::parse(ix);
+    std::set<std::string> shards;
+    for (const auto& [k, v] : index["weight_map"].items()) shards.insert(v.get<std::string>());
+    return shards;
+  };
+  const auto many = shard_files();
+  EXPECT_GT(many.size(), 2u);
+  for (const auto& f : many) EXPECT_TRUE(fs::exists(dir / "hf" / f)) << f;
 
-  // The default tiny model does not renormalise its top-2 weights: refused, nothing exported.
-  r = sh(mpiexec(1) + bin() + job(1, " --set parallel.ep=1") + " --run-dir " +
-         (dir / "plain").string());
+  // Again into the same folder, in fewer shards: the earlier export is replaced, nothing stale.
+  r = sh(bin() + " export hf --checkpoint " + (dir / "run" / "checkpoints").string() + " --out " +
+             (dir / "hf").string() + " --max-shard-size 0.02",
+         60);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(has(r, "(replacing the earlier export there)")) << r.output;
+  const auto fewer = shard_files();
+  EXPECT_LT(fewer.size(), many.size());
+  std::set<std::string> on_disk;
+  for (const auto& e : fs::directory_iterator(dir / "hf")) on_disk.insert(e.path().filename());
+  std::set<std::string> expected = fewer;
+  expected.insert({"config.json", "model.safetensors.index.json"});
+  EXPECT_EQ(on_disk, expected);
+
+  // An unwritable location is refused before anything is written: as root, the export runs as
+  // `nobody` into a read-only parent that already holds an export, which stays as it was.
+  if (::geteuid() == 0) {
+    const fs::path ro = dir / "readonly";
+    fs::create_directories(ro);
+    fs::copy(dir / "hf", ro / "hf");
+    for (const auto& p : {dir, dir / "run", dir / "run" / "checkpoints"})
+      fs::permissions(p, fs::perms::others_read | fs::perms::others_exec, fs::perm_options::add);
+    fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
+                            fs::perms::group_exec | fs::perms::others_read |
+                            fs::perms::others_exec);
+    const auto before = snapshot(ro / "hf");
+    r = sh("setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp " + bin() +
+               " export hf --checkpoint " + (dir / "run" / "checkpoints").string() + " --out " +
+               (ro / "hf").string(),
+           60);
+    fs::permissions(ro, fs::perms::owner_all, fs::perm_options::add);
+    EXPECT_EQ(r.code, 1) << r.output;
+    EXPECT_TRUE(has(r, "error: export hf: cannot write " + (ro / "hf").string() + ".tmp"))
+        << r.output;
+    EXPECT_TRUE(has(r, "Permission denied")) << r.output;
+    EXPECT_EQ(snapshot(ro / "hf"), before);
+    EXPECT_FALSE(fs::exists(ro / "hf.tmp"));
+  }
+
+  // A model that does not renormalise its top-2 weights: refused, nothing exported.
+  r = sh(mpiexec(1) + bin() + job(1, " --set parallel.ep=1 --set moe.router.renormalize=false") +
+         " --run-dir " + (dir / "plain").string());
   ASSERT_EQ(r.code, 0) << r.output;
   r = sh(bin() + " export hf --checkpoint " + (dir / "plain" / "checkpoints" / "step_1").string() +
              " --out " + (dir / "hf_plain").string(),
          60);
   EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_TRUE(has(r, "moe.router.renormalize = false")) << r.output;
-  EXPECT_FALSE(fs::exists(dir / "hf_plain" / "config.json"));
+  EXPECT_FALSE(fs::exists(dir / "hf_plain"));
+  EXPECT_FALSE(fs::exists(dir / "hf_plain.tmp"));
 }
 
 TEST(BadInput, MalformedFaultVariableIsRefused) {

@@ -57,7 +57,10 @@ void expect_same_losses(int np, const std::string& name, const std::string& rout
   EXPECT_LT(lb.back(), lb.front());  // it trains
 }
 
-const char* kDirMoE = " --set moe.router.type=dirmoe --set moe.router.k=1";
+// dirmoe drops the undispatched mass (moe.router.renormalize: false), as its README figures were
+// measured.
+const char* kDirMoE =
+    " --set moe.router.type=dirmoe --set moe.router.k=1 --set moe.router.renormalize=false";
 const char* kProbExact = " --set moe.router.type=probmoe --set moe.router.k=2";
 const char* kProbDynamic =
     " --set moe.router.type=probmoe --set moe.router.probmoe.mode=dynamic"

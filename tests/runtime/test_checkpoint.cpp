@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -25,7 +26,6 @@
 #include "runtime/hf_export.h"
 #include "runtime/model.h"
 #include "runtime/safetensors.h"
-
 #include "tests/common/error_of.h"
 
 namespace dirmoe {
@@ -284,6 +284,10 @@ void write_raw(const fs::path& p, const void* data, size_t bytes) {
       .write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
 }
 
+// Exports the checkpoint twice (in several shards, and in one) next to dirmoe's own logits for
+// the same tokens: ROOT/hf/{tokens.bin, logits.bin, inputs.json, mixtral/, mixtral_single/}, the
+// inputs of the numpy reference here and of tests/runtime/hf_mixtral_transformers.py on a machine
+// with transformers (tests/runtime/hf_transformers_check.sh gathers them).
 TEST(HfExport, MixtralCheckpointGivesTheReferenceLogits) {
   const std::string dir = root_dir("hf");
   clean(dir);
@@ -296,9 +300,10 @@ TEST(HfExport, MixtralCheckpointGivesTheReferenceLogits) {
   a.model->forward_backward(tokens.data(), B, ctx, 0.0, false);
   if (world_rank() != 0) return;
 
-  const fs::path out = fs::path(dir) / "mixtral";
+  const fs::path out = fs::path(dir) / "mixtral", single = fs::path(dir) / "mixtral_single";
   HfExportSummary s = export_hf_mixtral(path, out.string(), /*max_shard_bytes=*/20000);
   EXPECT_GT(s.num_shards, 1);
+  EXPECT_EQ(export_hf_mixtral(path, single.string()).num_shards, 1);
   std::ifstream cf(out / "config.json");
   auto c = nlohmann::json::parse(cf);
   EXPECT_EQ(c["model_type"], "mixtral");
@@ -312,29 +317,113 @@ TEST(HfExport, MixtralCheckpointGivesTheReferenceLogits) {
   EXPECT_EQ(c["num_experts_per_tok"], 2);
   EXPECT_EQ(c["tie_word_embeddings"], false);
   EXPECT_EQ(c["rope_theta"], 10000.0);
+  EXPECT_EQ(c["rope_parameters"],
+            nlohmann::json({{"rope_type", "default"}, {"rope_theta", 10000.0}}));
+  EXPECT_EQ(c["dtype"], "float32");
+  EXPECT_EQ(c["torch_dtype"], "float32");
   std::ifstream ix(out / "model.safetensors.index.json");
   auto index = nlohmann::json::parse(ix);
   EXPECT_EQ(index["weight_map"].size(), static_cast<size_t>(s.num_tensors));
   EXPECT_TRUE(index["weight_map"].contains("model.layers.1.block_sparse_moe.experts.3.w2.weight"));
 
-  // dirmoe's logits for the inputs tokens[:, :S] against the numpy Mixtral.
+  // dirmoe's logits for the inputs tokens[:, :S] against the numpy Mixtral, for both exports.
   std::vector<int32_t> inputs;
   for (int64_t b = 0; b < B; ++b)
     inputs.insert(inputs.end(), tokens.begin() + b * (S + 1), tokens.begin() + b * (S + 1) + S);
-  write_raw(out / "tokens.bin", inputs.data(), inputs.size() * 4);
-  write_raw(out / "logits.bin", a.model->logits(), static_cast<size_t>(B * S * Vp) * 4);
+  const fs::path tok = fs::path(dir) / "tokens.bin", logits = fs::path(dir) / "logits.bin";
+  write_raw(tok, inputs.data(), inputs.size() * 4);
+  write_raw(logits, a.model->logits(), static_cast<size_t>(B * S * Vp) * 4);
+  std::ofstream(fs::path(dir) / "inputs.json")
+      << nlohmann::json({{"batch", B},
+                         {"seq", S},
+                         {"vocab", Vp},
+                         {"ep", world_size()},
+                         {"tokens", "tokens.bin (int32 [batch, seq])"},
+                         {"logits", "logits.bin (float32 [batch, seq, vocab], dirmoe's forward)"}})
+             .dump(2)
+      << "\n";
   const std::string script =
       std::string(std::getenv("DIRMOE_SOURCE_DIR")) + "/tests/runtime/hf_mixtral_reference.py";
-  const std::string log = (out / "reference.log").string();
-  int rc = std::system(("python3 " + script + " " + out.string() + " " +
-                        (out / "tokens.bin").string() + " " + (out / "logits.bin").string() + " " +
-                        std::to_string(B) + " " + std::to_string(S) + " > " + log + " 2>&1")
-                           .c_str());
-  std::ifstream lf(log);
-  std::stringstream ss;
-  ss << lf.rdbuf();
-  std::printf("%s", ss.str().c_str());
-  EXPECT_EQ(rc, 0) << ss.str();
+  for (const fs::path& model : {out, single}) {
+    const std::string log = (fs::path(dir) / (model.filename().string() + ".log")).string();
+    int rc = std::system(("python3 " + script + " " + model.string() + " " + tok.string() + " " +
+                          logits.string() + " " + std::to_string(B) + " " + std::to_string(S) +
+                          " > " + log + " 2>&1")
+                             .c_str());
+    std::ifstream lf(log);
+    std::stringstream ss;
+    ss << lf.rdbuf();
+    std::printf("%s: %s", model.filename().string().c_str(), ss.str().c_str());
+    EXPECT_EQ(rc, 0) << ss.str();
+  }
+}
+
+std::set<std::string> listing(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+// Re-exporting into a folder replaces the earlier export entirely (no stale shards); a folder
+// holding anything else, a file, or an unwritable location is refused with nothing written.
+TEST(HfExport, OutputFolderIsReplacedWholeOrRefused) {
+  const std::string dir = root_dir("hf_out");
+  clean(dir);
+  Rig a(small_config(world_size(), dir), 21);
+  const std::string path = a.ckpt->save(a.state(1));
+  if (world_rank() != 0) return;
+  const fs::path out = fs::path(dir) / "mixtral";
+  const HfExportSummary many = export_hf_mixtral(path, out.string(), 5000);
+  ASSERT_GT(many.num_shards, 2);
+  EXPECT_FALSE(many.replaced);
+  EXPECT_EQ(listing(out).size(), static_cast<size_t>(many.num_shards) + 2);
+  // Fewer shards the second time: the index names exactly the shards on disk.
+  const HfExportSummary two = export_hf_mixtral(path, out.string(), 15000);
+  EXPECT_TRUE(two.replaced);
+  ASSERT_LT(two.num_shards, many.num_shards);
+  std::set<std::string> expected = {"config.json", "model.safetensors.index.json"};
+  std::ifstream ix(out / "model.safetensors.index.json");
+  const auto index = nlohmann::json::parse(ix);
+  for (const auto& [k, v] : index["weight_map"].items()) expected.insert(v.get<std::string>());
+  EXPECT_EQ(expected.size(), static_cast<size_t>(two.num_shards) + 2);
+  EXPECT_EQ(listing(out), expected);
+  EXPECT_FALSE(fs::exists(out.string() + ".tmp"));
+
+  // A folder with a file a dirmoe export does not write: refused, untouched.
+  std::ofstream(out / "notes.txt") << "mine\n";
+  const auto before = listing(out);
+  std::string e = error_of([&] { export_hf_mixtral(path, out.string(), 20000); });
+  EXPECT_NE(e.find("--out " + out.string() + " is not empty and not an earlier dirmoe export"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("'notes.txt'"), std::string::npos) << e;
+  EXPECT_EQ(listing(out), before);
+  EXPECT_FALSE(fs::exists(out.string() + ".tmp"));
+
+  // A non-empty folder without dirmoe's config.json.
+  const fs::path other = fs::path(dir) / "other";
+  fs::create_directories(other);
+  std::ofstream(other / "config.json") << "{\"model_type\": \"llama\"}\n";
+  e = error_of([&] { export_hf_mixtral(path, other.string()); });
+  EXPECT_NE(e.find("not written by dirmoe"), std::string::npos) << e;
+  EXPECT_EQ(listing(other), std::set<std::string>{"config.json"});
+
+  // A file in place of the folder, and a file in place of its parent (unwritable location).
+  const fs::path file = fs::path(dir) / "plain_file";
+  std::ofstream(file) << "x";
+  e = error_of([&] { export_hf_mixtral(path, file.string()); });
+  EXPECT_NE(e.find("--out " + file.string() + " exists and is not a directory"), std::string::npos)
+      << e;
+  e = error_of([&] { export_hf_mixtral(path, (file / "hf").string()); });
+  EXPECT_NE(e.find("export hf: cannot create " + file.string()), std::string::npos) << e;
+  EXPECT_NE(e.find("Not a directory"), std::string::npos) << e;
+  EXPECT_EQ(fs::file_size(file), 1u);
+
+  // An empty folder is used as is.
+  const fs::path empty = fs::path(dir) / "empty";
+  fs::create_directories(empty);
+  EXPECT_FALSE(export_hf_mixtral(path, empty.string()).replaced);
+  EXPECT_TRUE(fs::exists(empty / "config.json"));
 }
 
 TEST(HfExport, RoutersMixtralCannotExpressAreRefused) {
