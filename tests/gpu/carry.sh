@@ -13,6 +13,8 @@
 #   lib/             shared libraries the binaries load that a minimal system lacks (closure of ldd)
 #   fallback/        libstdc++ and libgcc_s, used only where the GPU machine's own are too old
 #   mpi/             Debian's Open MPI and PMIx, relocated with OPAL_PREFIX / PMIX_PREFIX
+#   data/            the bundled corpus (brown_gpt2.bin/.idx), for the suite's short CPU runs
+#   hf_check/        four Mixtral exports with dirmoe's logits (tests/runtime/hf_transformers_check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -132,6 +134,16 @@ pack() {
     cp -L "$(ldconfig -p | awk -v s="$so" '$1 == s && /x86-64/ {print $NF; exit}')" "$out/fallback/"
   done
 
+  # The bundled corpus (data/ does not travel with the tree): the CPU runs the suite makes there.
+  if [ -f data/brown/brown_gpt2.bin ]; then
+    mkdir -p "$out/data" && cp data/brown/brown_gpt2.bin data/brown/brown_gpt2.idx "$out/data/"
+  fi
+  # The Mixtral exports and dirmoe's own logits the transformers check compares against.
+  if [ -x "$build/bin/test_checkpoint" ] && [ -f tests/runtime/hf_transformers_check.sh ]; then
+    bash tests/runtime/hf_transformers_check.sh prepare "$build" >"$out/hf_check.log" 2>&1 &&
+      cp -r "$build/hf_check" "$out/hf_check" ||
+      echo "carry: WARNING: hf_transformers_check.sh prepare failed (see $out/hf_check.log)" >&2
+  fi
   git ls-files -z -- "${SOURCES[@]}" | xargs -0 sha256sum >"$out/sources.sha256"
   {
     echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- "${SOURCES[@]}" || echo ' (with uncommitted changes)')"
