@@ -182,4 +182,40 @@ template <class T>
 void moe_regroup(T* out, const T* in, const int64_t* recv_counts, int ep, int max_local,
                  int num_local, int64_t width, bool wire_to_expert, cudaStream_t stream);
 
+// ---- routers (the per-token math of kernels/routing, in double; one thread per token) ----------
+// Logits and routing weights are fp32 whatever the model dtype. A token with a non-finite logit
+// (or DirMoE concentration pre-activation) is reported through *d_bad = min over such tokens of
+// (token << 16 | expert) (atomicMin; the caller sets every byte of *d_bad to 0x7F beforehand, i.e.
+// kRouterNoBad, and reads it at the step's synchronisation) and routed to its first experts with
+// weight 0, so the CSR stays valid.
+constexpr int kRouterMaxExperts = 64;  // bound of the kernels' per-token scratch
+constexpr int kRouterBadShift = 16;    // *d_bad = token << kRouterBadShift | expert
+constexpr int64_t kRouterNoBad = 0x7F7F7F7F7F7F7F7FLL;
+
+// out[c] = sum over t of rows[t, c], rows [N, C]: one block per column, a fixed summation order
+// (deterministic), in double.
+void router_column_sums(double* out, const double* rows, int64_t N, int C, cudaStream_t stream);
+
+// topk. Per-token statistic rows [N, topk_stat_columns(E)]: p (E), chosen (E, 0/1), lse^2,
+// entropy, max p, undispatched mass.
+constexpr int topk_stat_columns(int E) { return 2 * E + 4; }
+// Statistics of topk_route_finalize: aux loss, z-loss (both weighted), mean undispatched mass,
+// mean entropy, mean top-1 probability.
+constexpr int kTopKStats = 5;
+// logits[N,E] -> offsets[N+1] (t*k), experts/weights[N*k] (most probable first, ties to the lower
+// index), probs[N,E], lse[N], stat_rows.
+void topk_route_forward(int64_t* offsets, int32_t* experts, float* weights, float* probs,
+                        double* lse, double* stat_rows, const float* logits, int64_t N, int E,
+                        int k, bool renormalize, int64_t* d_bad, cudaStream_t stream);
+// From the column sums of the stat rows: fraction[E] (share of the N*k assignments) and
+// stats[kTopKStats] (coefficients as in TopKRouter), on the device.
+void topk_route_finalize(double* fraction, double* stats, const double* sums, int64_t N, int E,
+                         int k, double aux_coef, double z_coef, cudaStream_t stream);
+// dlogits[N,E] (overwritten) from dweights[N*k]; aux_scale = loss_scale * aux_coef * E / N,
+// z_scale = loss_scale * z_coef * 2 / N.
+void topk_route_backward(float* dlogits, const float* probs, const double* lse,
+                         const int64_t* offsets, const int32_t* experts, const float* dweights,
+                         const double* fraction, int64_t N, int E, bool renormalize,
+                         double aux_scale, double z_scale, cudaStream_t stream);
+
 }  // namespace dirmoe::cuda

@@ -1,0 +1,274 @@
+// The device routers against the CPU routers on the same weights and inputs, over named grids
+// (N in {1, 7, 8192}, E in {8, 16}, k in {1, 2}; fp32 and bf16 models): routing decisions (experts
+// per token, their order, counts) exactly on tie-free inputs, weights, probabilities, loss terms
+// and gradients within the tolerance table; the router kernels on the CPU's own logits (double
+// math on both sides); non-finite logits reported with token and expert.
+#include <cublas_v2.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/api.cuh"
+#include "router/cuda/cuda_router.h"
+#include "router/topk_router.h"
+#include "tests/gpu/gpu_test_util.h"
+
+namespace dirmoe::cuda::testing {
+namespace {
+
+constexpr int64_t kHidden = 64;
+
+class Blas {
+ public:
+  explicit Blas(cudaStream_t stream) {
+    DIRMOE_CUBLAS_CHECK(cublasCreate(&handle_));
+    DIRMOE_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    workspace_.resize(32 << 20);
+    DIRMOE_CUBLAS_CHECK(cublasSetWorkspace(handle_, workspace_.data(), workspace_.bytes()));
+  }
+  ~Blas() { (void)cublasDestroy(handle_); }
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+  DeviceBuffer<uint8_t> workspace_;
+};
+
+struct RouterCase {
+  const char* name;
+  int64_t N;
+  int E, k;
+  bool renormalize;
+};
+const RouterCase kTopKCases[] = {
+    {"N1_E8_k1", 1, 8, 1, false},         {"N1_E8_k2", 1, 8, 2, false},
+    {"N1_E16_k1", 1, 16, 1, false},       {"N1_E16_k2", 1, 16, 2, false},
+    {"N7_E8_k1", 7, 8, 1, false},         {"N7_E8_k2", 7, 8, 2, false},
+    {"N7_E16_k1", 7, 16, 1, false},       {"N7_E16_k2", 7, 16, 2, false},
+    {"N8192_E8_k1", 8192, 8, 1, false},   {"N8192_E8_k2", 8192, 8, 2, false},
+    {"N8192_E16_k1", 8192, 16, 1, false}, {"N8192_E16_k2", 8192, 16, 2, false},
+    {"N7_E16_k2_renorm", 7, 16, 2, true}, {"N8192_E8_k2_renorm", 8192, 8, 2, true},
+};
+
+// Logits of h[N,d] W[E,d]^T in double.
+std::vector<double> logits_of(const std::vector<double>& h, const std::vector<double>& W, int64_t N,
+                              int E) {
+  std::vector<double> l(N * E, 0.0);
+  for (int64_t t = 0; t < N; ++t)
+    for (int e = 0; e < E; ++e) {
+      double s = 0;
+      for (int64_t j = 0; j < kHidden; ++j) s += h[t * kHidden + j] * W[e * kHidden + j];
+      l[t * E + e] = s;
+    }
+  return l;
+}
+
+// Tie-free inputs (DESIGN.md section 6): a token whose k+1 largest logits lie closer than `gap`
+// to each other gets a fresh input row, so fp32 GEMM rounding (~1e-6) cannot reorder experts.
+template <class T>
+std::vector<double> tie_free_input(const std::vector<double>& W, int64_t N, int E, int k,
+                                   uint64_t seed) {
+  const double gap = 1e-3;
+  std::vector<double> h = representable<T>(randn(N * kHidden, seed));
+  for (int64_t t = 0; t < N; ++t) {
+    for (uint64_t attempt = 1;; ++attempt) {
+      std::vector<double> row(h.begin() + t * kHidden, h.begin() + (t + 1) * kHidden);
+      std::vector<double> l = logits_of(row, W, 1, E);
+      std::sort(l.begin(), l.end(), std::greater<double>());
+      bool ok = true;
+      for (int j = 0; j < std::min(k + 1, E) - 1; ++j) ok = ok && l[j] - l[j + 1] > gap;
+      if (ok) break;
+      const std::vector<double> fresh =
+          representable<T>(randn(kHidden, seed * 1000003 + t * 131 + attempt));
+      std::copy(fresh.begin(), fresh.end(), h.begin() + t * kHidden);
+    }
+  }
+  return h;
+}
+
+double stat(const RouterStats& s, const std::string& name) {
+  for (const auto& [n, v] : s.scalars)
+    if (n == name) return v;
+  ADD_FAILURE() << "no statistic " << name;
+  return 0;
+}
+
+template <class T>
+void run_topk(const RouterCase& c) {
+  const std::string base = std::string("/") + c.name + "/" + dtype_label<T>();
+  RouterConfig cfg;
+  cfg.type = "topk";
+  cfg.k = c.k;
+  cfg.renormalize = c.renormalize;
+  cfg.aux_loss_coef = 0.05;
+  cfg.z_loss_coef = 0.01;
+  const std::vector<double> W = randn(c.E * kHidden, 501 + c.E, 0.25);
+  const std::vector<double> h = tie_free_input<T>(W, c.N, c.E, c.k, 502 + c.N);
+  const std::vector<double> dweights = randn(c.N * c.k, 503);
+  const double loss_scale = 0.5;
+  RouterContext ctx;
+  ctx.layer = 2;
+
+  // CPU reference.
+  TopKRouter<float> cpu(cfg, kHidden, c.E, "router");
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i)
+    cpu.weight().value[i] = static_cast<float>(W[i]);
+  cpu.weight().grad.zero();
+  const std::vector<float> h32(h.begin(), h.end());
+  Routing<float> ref;
+  cpu.forward(h32.data(), c.N, ctx, ref);
+  const std::vector<double> ref_probs(cpu.probs(), cpu.probs() + c.N * c.E);
+  const std::vector<float> dw32(dweights.begin(), dweights.end());
+  std::vector<float> ref_dh(c.N * kHidden, 0.f);
+  cpu.backward(dw32.data(), loss_scale, ref_dh.data());
+
+  // Device.
+  cudaStream_t stream = nullptr;
+  Blas blas(stream);
+  CudaTopKRouter<T> gpu(cfg, kHidden, c.E, "router", blas.get(), stream);
+  gpu.weight().master.upload(std::vector<float>(W.begin(), W.end()));
+  auto d_h = to_device_as<T>(h);
+  DeviceRouting out;
+  gpu.forward(d_h.data(), c.N, ctx, out);
+  const RouterStats& st = gpu.read_stats();
+  ASSERT_EQ(out.nnz, ref.nnz());
+  expect_exact("topk_offsets" + base, out.offsets.download(), ref.offsets);
+  expect_exact("topk_experts" + base, out.experts.download(), ref.experts);
+  const Tol tol = tolerance<T>(Op::kRouter);
+  expect_close("topk_weights" + base, to_doubles(out.weights.download()), to_doubles(ref.weights),
+               tol);
+  DeviceBuffer<float> probs_copy(c.N * c.E);
+  if (c.N > 0)
+    DIRMOE_CUDA_CHECK(cudaMemcpy(probs_copy.data(), gpu.probs(), sizeof(float) * c.N * c.E,
+                                 cudaMemcpyDeviceToDevice));
+  expect_close("topk_probs" + base, to_doubles(probs_copy.download()), ref_probs, tol);
+  const RouterStats& rs = cpu.stats();
+  expect_close("topk_loss_terms" + base,
+               {st.aux_loss, st.z_loss, stat(st, "undispatched_mass"), stat(st, "entropy"),
+                stat(st, "top1_prob")},
+               {rs.aux_loss, rs.z_loss, stat(rs, "undispatched_mass"), stat(rs, "entropy"),
+                stat(rs, "top1_prob")},
+               tol);
+
+  auto d_dw = to_device(dw32);
+  Guarded<T> d_dh(c.N * kHidden, 0);  // dh accumulates: starts at zero
+  gpu.backward(d_dw.data(), loss_scale, d_dh.data());
+  DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  expect_close("topk_dh" + base, d_dh.doubles(), to_doubles(ref_dh), tolerance<T>(Op::kLinear));
+  expect_guard("topk_dh" + base, d_dh);
+  std::vector<double> ref_dW(cpu.weight().numel());
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i) ref_dW[i] = cpu.weight().grad[i];
+  expect_close("topk_dW" + base, to_doubles(gpu.weight().grad.download()), ref_dW,
+               kF32Tol[static_cast<int>(Op::kLinear)]);
+}
+
+using TopKParam = std::tuple<RouterCase, bool>;
+class TopKRouterCuda : public ::testing::TestWithParam<TopKParam> {};
+
+TEST_P(TopKRouterCuda, MatchesCpuRouter) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const auto& [c, bf16_model] = GetParam();
+  if (bf16_model)
+    run_topk<bf16>(c);
+  else
+    run_topk<float>(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, TopKRouterCuda,
+                         ::testing::Combine(::testing::ValuesIn(kTopKCases), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<TopKParam>& info) {
+                           return param_name(std::get<0>(info.param).name) +
+                                  (std::get<1>(info.param) ? "_bf16" : "_f32");
+                         });
+
+// The kernels on the CPU router's own fp32 logits: the same double per-token code on both sides,
+// so decisions agree even where logits tie, and values to libm's last bits.
+TEST(TopKRouterKernels, CpuLogitsGiveTheCpuRouting) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  for (int k : {1, 2}) {
+    const int64_t N = 4096;
+    const int E = 16;
+    RouterConfig cfg;
+    cfg.k = k;
+    TopKRouter<float> cpu(cfg, kHidden, E, "router");
+    const std::vector<double> W = randn(E * kHidden, 601, 0.25);
+    for (int64_t i = 0; i < cpu.weight().numel(); ++i)
+      cpu.weight().value[i] = static_cast<float>(W[i]);
+    // Coarse inputs so that some tokens have exactly tied logits.
+    std::vector<double> h = randn(N * kHidden, 602);
+    for (double& x : h) x = std::round(x * 2) / 2;
+    const std::vector<float> h32(h.begin(), h.end());
+    Routing<float> ref;
+    cpu.forward(h32.data(), N, RouterContext{}, ref);
+    std::vector<float> logits(N * E);
+    cpu::linear_forward(logits.data(), h32.data(), cpu.weight().value.data(), N, kHidden, E);
+
+    auto d_logits = to_device(logits);
+    DeviceBuffer<int64_t> offsets(N + 1), bad(1);
+    DeviceBuffer<int32_t> experts(N * k);
+    DeviceBuffer<float> weights(N * k), probs(N * E);
+    DeviceBuffer<double> lse(N), rows(N * topk_stat_columns(E));
+    bad.fill_bytes(0x7F);
+    topk_route_forward(offsets.data(), experts.data(), weights.data(), probs.data(), lse.data(),
+                       rows.data(), d_logits.data(), N, E, k, false, bad.data(), nullptr);
+    DIRMOE_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::string base = "/N4096_E16_k" + std::to_string(k) + "_cpu_logits/f32";
+    expect_exact("topk_math_experts" + base, experts.download(), ref.experts);
+    expect_close("topk_math_weights" + base, to_doubles(weights.download()),
+                 to_doubles(ref.weights), kF32Tol[static_cast<int>(Op::kRouterMath)]);
+    EXPECT_EQ(bad.download()[0], kRouterNoBad);
+  }
+}
+
+TEST(TopKRouterKernels, NonFiniteLogitsNameTokenAndExpert) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const int64_t N = 300;
+  const int E = 8, k = 2;
+  std::vector<float> logits(N * E, 0.25f);
+  logits[211 * E + 5] = NAN;
+  logits[17 * E + 3] = INFINITY;
+  auto d_logits = to_device(logits);
+  DeviceBuffer<int64_t> offsets(N + 1), bad(1);
+  DeviceBuffer<int32_t> experts(N * k);
+  DeviceBuffer<float> weights(N * k), probs(N * E);
+  DeviceBuffer<double> lse(N), rows(N * topk_stat_columns(E));
+  bad.fill_bytes(0x7F);
+  topk_route_forward(offsets.data(), experts.data(), weights.data(), probs.data(), lse.data(),
+                     rows.data(), d_logits.data(), N, E, k, false, bad.data(), nullptr);
+  DIRMOE_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(bad.download()[0], (int64_t{17} << kRouterBadShift) | 3);
+  const std::vector<float> w = weights.download();
+  EXPECT_EQ(w[17 * k], 0.f);
+  EXPECT_EQ(w[211 * k + 1], 0.f);
+
+  // Through the router class: the error names the layer, token and expert.
+  RouterConfig cfg;
+  cfg.k = k;
+  Blas blas(nullptr);
+  CudaTopKRouter<float> router(cfg, kHidden, E, "layers.4.moe.router", blas.get(), nullptr);
+  std::vector<float> h(N * kHidden, 0.5f);
+  h[42 * kHidden + 7] = NAN;
+  auto d_h = to_device(h);
+  DeviceRouting out;
+  RouterContext ctx;
+  ctx.layer = 4;
+  ctx.global_token0 = 1000;
+  router.forward(d_h.data(), N, ctx, out);
+  try {
+    router.read_stats();
+    ADD_FAILURE() << "non-finite logits not reported";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("non-finite logits at token 42 (global 1042), expert 0, layer 4"),
+              std::string::npos)
+        << msg;
+  }
+}
+
+}  // namespace
+}  // namespace dirmoe::cuda::testing
