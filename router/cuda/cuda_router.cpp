@@ -1,9 +1,11 @@
 // Device routers (see cuda_router.h): host orchestration only, the kernels live in kernels/cuda.
 #include "router/cuda/cuda_router.h"
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
+#include "router/noise.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {
@@ -154,5 +156,203 @@ const RouterStats& CudaTopKRouter<T>::read_stats() {
 
 template class CudaTopKRouter<float>;
 template class CudaTopKRouter<cuda::bf16>;
+
+template <class T>
+CudaDirMoERouter<T>::CudaDirMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
+                                      const std::string& prefix, cublasHandle_t handle,
+                                      cudaStream_t stream)
+    : cfg_(cfg), d_(hidden), E_(num_experts), handle_(handle), stream_(stream) {
+  validate_router_config(cfg, hidden, num_experts);
+  DIRMOE_CHECK(cfg.type == "dirmoe", "CudaDirMoERouter built for router type '", cfg.type, "'");
+  DIRMOE_CHECK(num_experts <= cuda::kRouterMaxExperts,
+               "moe.num_experts: the GPU routers take at most ", cuda::kRouterMaxExperts,
+               " experts, got ", num_experts);
+  max_active_ = std::min(cfg.dirmoe.max_active, num_experts);
+  const DirMoEPriorConfig& p = cfg.dirmoe.prior;
+  if (p.is_explicit()) {
+    prior_.a_hi = p.a_hi;
+    prior_.a_lo = p.a_lo;
+    prior_.lambda = p.lambda_p;
+  } else {
+    prior_ = calibrate_dirichlet_prior(num_experts, cfg.k, p.m, p.h);
+  }
+  weight_ = cuda::DeviceParameter(prefix + ".weight", {3 * num_experts, hidden}, false);
+  decoder_ = cuda::DeviceParameter(prefix + ".decoder.weight", {hidden, num_experts}, false);
+  decoder_bias_ = cuda::DeviceParameter(prefix + ".decoder.bias", {hidden}, false);
+  decoder_bias_.decay = false;
+  for (cuda::DeviceParameter* q : {&weight_, &decoder_, &decoder_bias_}) {
+    q->master.fill_bytes(0, stream_);
+    q->zero_grad(stream_);
+  }
+  sums_.resize(cuda::dirmoe_stat_columns(E_));
+  fraction_.resize(E_);
+  stats_dev_.resize(cuda::kDirMoEStats);
+  bad_.resize(1);
+}
+
+template <class T>
+cuda::DirMoEKernelParams CudaDirMoERouter<T>::kernel_params(const RouterContext& ctx, bool noisy,
+                                                            bool hard) const {
+  const DirMoEConfig& c = cfg_.dirmoe;
+  cuda::DirMoEKernelParams p;
+  p.E = E_;
+  p.k = cfg_.k;
+  p.max_active = max_active_;
+  p.r_min = c.r_min;
+  p.tau = tau_;
+  p.lambda_q = lambda_q_;
+  p.alpha_floor = c.alpha_floor;
+  p.prior_a_hi = prior_.a_hi;
+  p.prior_a_lo = prior_.a_lo;
+  p.prior_lambda = prior_.lambda;
+  p.noisy = noisy;
+  p.hard = hard;
+  p.inverse = c.gamma_sampler == "inverse_cdf";
+  p.expected_count = c.sparsity_on == "expected";
+  p.renormalize = cfg_.renormalize;
+  const routing::NoiseKey gate = RouterNoise(ctx, NoisePurpose::kGate).key();
+  const routing::NoiseKey gamma = RouterNoise(ctx, NoisePurpose::kGamma).key();
+  p.gate_seed = gate.seed;
+  p.gamma_seed = gamma.seed;
+  p.step = gate.step;
+  p.gate_layer_purpose = gate.layer_purpose;
+  p.gamma_layer_purpose = gamma.layer_purpose;
+  p.token0 = gate.token0;
+  return p;
+}
+
+template <class T>
+void CudaDirMoERouter<T>::forward(const T* d_h, int64_t N, const RouterContext& ctx,
+                                  DeviceRouting& out) {
+  DIRMOE_CHECK(N >= 0, "router ", weight_.name, ": negative token count ", N);
+  DIRMOE_CHECK(N == 0 || d_h != nullptr, "router ", weight_.name, ": null input for ", N,
+               " tokens");
+  const DirMoEConfig& c = cfg_.dirmoe;
+  const int E = E_;
+  const int64_t d = d_;
+  if (ctx.training) last_step_ = ctx.step;
+  tau_ = c.tau.at(last_step_);
+  lambda_q_ = c.lambda_q.at(last_step_);
+  beta_ = c.beta.at(last_step_);
+  recon_w_ = c.recon_weight.at(last_step_);
+  lambda_s_ = c.lambda_sparsity.at(last_step_);
+  const bool noisy = ctx.training || c.eval == "sample";
+  const bool hard = !ctx.training && c.eval == "gate";
+  N_ = N;
+  ctx_ = ctx;
+  has_forward_ = true;
+  differentiable_ = noisy;
+  params_ = kernel_params(ctx, noisy, hard);
+  last_out_ = &out;
+
+  h32_.grow(N * d);
+  u_.grow(N * 3 * E);
+  saved_.grow(cuda::kDirMoERows * N * E + 2 * N);
+  r_t_.grow(N * E);
+  err_.grow(N * d);
+  padded_experts_.grow(N * max_active_);
+  padded_weights_.grow(N * max_active_);
+  counts_.grow(N);
+  rows_.grow(N * cuda::dirmoe_stat_columns(E));
+  out.num_tokens = N;
+  out.num_experts = E;
+  out.nnz = N * max_active_;
+  out.offsets.grow(N + 1);
+  out.experts.grow(N * max_active_);
+  out.weights.grow(N * max_active_);
+  bad_.fill_bytes(0x7F, stream_);
+  to_fp32(h32_.data(), d_h, N * d, stream_);
+  if (N > 0) {
+    cuda::linear_forward<float>(handle_, u_.data(), h32_.data(), weight_.master.data(), N, d, 3 * E,
+                                false, stream_);
+    cuda::dirmoe_route_forward(saved_.data(), r_t_.data(), padded_experts_.data(),
+                               padded_weights_.data(), counts_.data(), rows_.data(), u_.data(), N,
+                               params_, bad_.data(), stream_);
+    cuda::linear_forward<float>(handle_, err_.data(), r_t_.data(), decoder_.master.data(), N, E, d,
+                                false, stream_);
+    cuda::dirmoe_recon_forward(err_.data(), rows_.data(), decoder_bias_.master.data(), h32_.data(),
+                               N, d, E, stream_);
+  }
+  cuda::router_offsets(out.offsets.data(), counts_.data(), N, stream_);
+  cuda::router_compact(out.experts.data(), out.weights.data(), padded_experts_.data(),
+                       padded_weights_.data(), out.offsets.data(), N, max_active_, stream_);
+  offsets_.grow(N + 1);
+  experts_.grow(N * max_active_);
+  DIRMOE_CUDA_CHECK(cudaMemcpyAsync(offsets_.data(), out.offsets.data(), sizeof(int64_t) * (N + 1),
+                                    cudaMemcpyDeviceToDevice, stream_));
+  if (N > 0)
+    DIRMOE_CUDA_CHECK(cudaMemcpyAsync(experts_.data(), out.experts.data(),
+                                      sizeof(int32_t) * N * max_active_, cudaMemcpyDeviceToDevice,
+                                      stream_));
+  cuda::router_column_sums(sums_.data(), rows_.data(), N, cuda::dirmoe_stat_columns(E), stream_);
+  cuda::dirmoe_route_finalize(fraction_.data(), stats_dev_.data(), sums_.data(), N, E,
+                              cfg_.aux_loss_coef, beta_, recon_w_, lambda_s_, stream_);
+}
+
+template <class T>
+void CudaDirMoERouter<T>::backward(const float* d_dweights, double loss_scale, T* d_dh) {
+  DIRMOE_CHECK(has_forward_, "router ", weight_.name, ": backward called before forward");
+  DIRMOE_CHECK(differentiable_, "router ", weight_.name,
+               ": backward after an evaluation forward with deterministic gates (eval: ",
+               cfg_.dirmoe.eval, ")");
+  const int64_t N = N_;
+  if (N == 0) return;
+  DIRMOE_CHECK(d_dweights != nullptr && d_dh != nullptr, "router ", weight_.name,
+               ": null dweights or dh");
+  const int E = E_;
+  const int64_t d = d_;
+  const double inv_n = 1.0 / static_cast<double>(N);
+  dr_t_.grow(N * E);
+  du_.grow(N * 3 * E);
+  cuda::dirmoe_recon_backward(err_.data(), decoder_bias_.grad.data(),
+                              loss_scale * recon_w_ * 2.0 * inv_n / static_cast<double>(d), N, d,
+                              stream_);
+  cuda::linear_backward<float>(handle_, dr_t_.data(), decoder_.grad.data(), err_.data(),
+                               r_t_.data(), decoder_.master.data(), N, E, d, false, stream_);
+  cuda::dirmoe_route_backward(du_.data(), dr_t_.data(), saved_.data(), u_.data(), offsets_.data(),
+                              experts_.data(), d_dweights, fraction_.data(), N, params_,
+                              loss_scale * beta_ * inv_n, loss_scale * lambda_s_ * 2.0 * inv_n,
+                              loss_scale * cfg_.aux_loss_coef * E * inv_n,
+                              prior_.lambda * (prior_.a_hi - prior_.a_lo), stream_);
+  add_input_grad<T>(handle_, d_dh, dh32_, dh_t_, weight_.grad.data(), du_.data(), h32_.data(),
+                    weight_.master.data(), N, d, 3 * E, stream_);
+}
+
+template <class T>
+const RouterStats& CudaDirMoERouter<T>::read_stats() {
+  DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  const std::vector<double> s = stats_dev_.download();
+  const std::vector<int64_t> bad = bad_.download();
+  if (bad[0] != cuda::kRouterNoBad) {
+    const bool conc = (bad[0] & cuda::kRouterBadConcentration) != 0;
+    throw_if_bad(bad[0] & ~int64_t{cuda::kRouterBadConcentration}, weight_.name, ctx_,
+                 conc ? "concentration pre-activations" : "logits");
+  }
+  if (last_out_ != nullptr && N_ > 0) {
+    DIRMOE_CUDA_CHECK(
+        cudaMemcpy(&last_out_->nnz, offsets_.data() + N_, sizeof(int64_t), cudaMemcpyDeviceToHost));
+  }
+  stats_.aux_loss = s[0];
+  loss_ = s[1];
+  stats_.z_loss = 0;
+  stats_.mean_active = s[2];
+  stats_.scalars = {{"target_k", static_cast<double>(cfg_.k)},
+                    {"undispatched_mass", s[3]},
+                    {"kl", s[4]},
+                    {"recon", s[5]},
+                    {"sparsity", s[6]},
+                    {"sum_gates", s[7]},
+                    {"open_gates", s[8]},
+                    {"no_open_gate", s[9]},
+                    {"tau", tau_},
+                    {"lambda_q", lambda_q_},
+                    {"gate_entropy", s[10]},
+                    {"near_binary", s[11]},
+                    {"dead_experts", s[12]}};
+  return stats_;
+}
+
+template class CudaDirMoERouter<float>;
+template class CudaDirMoERouter<cuda::bf16>;
 
 }  // namespace dirmoe

@@ -2,7 +2,8 @@
 // (N in {1, 7, 8192}, E in {8, 16}, k in {1, 2}; fp32 and bf16 models): routing decisions (experts
 // per token, their order, counts) exactly on tie-free inputs, weights, probabilities, loss terms
 // and gradients within the tolerance table; the router kernels on the CPU's own logits (double
-// math on both sides); non-finite logits reported with token and expert.
+// math on both sides); non-finite logits reported with token and expert. DirMoE the same way,
+// including its Philox gate and Gamma draws, saved per-token rows and all parameter gradients.
 #include <cublas_v2.h>
 #include <gtest/gtest.h>
 
@@ -15,6 +16,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/api.cuh"
 #include "router/cuda/cuda_router.h"
+#include "router/dirmoe_router.h"
 #include "router/topk_router.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -269,6 +271,232 @@ TEST(TopKRouterKernels, NonFiniteLogitsNameTokenAndExpert) {
         << msg;
   }
 }
+
+// ---- dirmoe ------------------------------------------------------------------------------------
+struct DirMoECase {
+  const char* name;
+  int64_t N;
+  int E, k, max_active;
+  bool renormalize = false;
+  const char* sparsity_on = "sample";
+  const char* sampler = "marsaglia_tsang";
+  const char* eval = nullptr;  // evaluation forward with this rule (no backward)
+};
+const DirMoECase kDirMoECases[] = {
+    {"N1_E8_k1", 1, 8, 1, 2},
+    {"N1_E16_k2", 1, 16, 2, 3},
+    {"N7_E8_k1", 7, 8, 1, 2},
+    {"N7_E8_k2", 7, 8, 2, 3},
+    {"N7_E16_k1", 7, 16, 1, 2},
+    {"N7_E16_k2", 7, 16, 2, 3},
+    {"N8192_E8_k1", 8192, 8, 1, 2},
+    {"N8192_E8_k2", 8192, 8, 2, 3},
+    {"N8192_E16_k1", 8192, 16, 1, 2},
+    {"N8192_E16_k2", 8192, 16, 2, 4},
+    {"N8192_E8_k2_renorm", 8192, 8, 2, 3, true},
+    {"N8192_E8_k2_expected", 8192, 8, 2, 3, false, "expected"},
+    {"N1024_E8_k2_inverse_cdf", 1024, 8, 2, 3, false, "sample", "inverse_cdf"},
+    {"N8192_E8_k2_eval_gate", 8192, 8, 2, 3, false, "sample", "marsaglia_tsang", "gate"},
+    {"N8192_E8_k2_eval_soft", 8192, 8, 2, 3, false, "sample", "marsaglia_tsang", "soft"},
+    {"N8192_E8_k2_eval_sample", 8192, 8, 2, 3, false, "sample", "marsaglia_tsang", "sample"},
+};
+
+RouterConfig dirmoe_config(const DirMoECase& c) {
+  RouterConfig cfg;
+  cfg.type = "dirmoe";
+  cfg.k = c.k;
+  cfg.renormalize = c.renormalize;
+  cfg.aux_loss_coef = 0.05;
+  DirMoEConfig& d = cfg.dirmoe;
+  d.tau = Schedule::exponential(1.2, 0.9, 0.5);
+  d.r_min = 0.05;
+  d.max_active = c.max_active;
+  d.lambda_q = Schedule::constant(2.0);
+  d.alpha_floor = 0.05;
+  d.prior.m = 0.7;
+  d.prior.h = 0.5;
+  d.beta = Schedule::constant(0.3);
+  d.recon_weight = Schedule::constant(0.7);
+  d.lambda_sparsity = Schedule::constant(0.4);
+  d.sparsity_on = c.sparsity_on;
+  d.gamma_sampler = c.sampler;
+  if (c.eval != nullptr) d.eval = c.eval;
+  return cfg;
+}
+
+// Tie-free inputs for DirMoE: every token's largest max_active + 1 weights r lie more than `gap`
+// apart and from r_min, and (deterministic gates) its gate logits more than `gap` from 0; other
+// tokens get fresh inputs (the noise is keyed by token, so the rest stay as they are).
+template <class T>
+std::vector<double> dirmoe_tie_free_input(DirMoERouter<float>& cpu, const RouterConfig& cfg,
+                                          const std::vector<double>& W, const DirMoECase& c,
+                                          const RouterContext& ctx, uint64_t seed) {
+  const double gap = 1e-4;
+  std::vector<double> h = representable<T>(randn(c.N * kHidden, seed));
+  for (uint64_t round = 1; round < 100; ++round) {
+    const std::vector<float> h32(h.begin(), h.end());
+    Routing<float> r;
+    cpu.forward(h32.data(), c.N, ctx, r);
+    int64_t redrawn = 0;
+    for (int64_t t = 0; t < c.N; ++t) {
+      std::vector<double> rt(cpu.weights_r().begin() + t * c.E,
+                             cpu.weights_r().begin() + (t + 1) * c.E);
+      std::sort(rt.begin(), rt.end(), std::greater<double>());
+      bool ok = true;
+      for (int j = 0; j < std::min(c.max_active + 1, c.E); ++j) {
+        if (j + 1 < c.E && j < c.max_active) ok = ok && rt[j] - rt[j + 1] > gap;
+        ok = ok && std::abs(rt[j] - cfg.dirmoe.r_min) > gap;
+      }
+      std::vector<double> row(h.begin() + t * kHidden, h.begin() + (t + 1) * kHidden);
+      const std::vector<double> l = logits_of(row, W, 1, c.E);  // the gate rows come first
+      for (int i = 0; i < c.E; ++i) ok = ok && std::abs(l[i]) > gap;
+      if (ok) continue;
+      ++redrawn;
+      const std::vector<double> fresh =
+          representable<T>(randn(kHidden, seed * 7919 + t * 131 + round));
+      std::copy(fresh.begin(), fresh.end(), h.begin() + t * kHidden);
+    }
+    if (redrawn == 0) return h;
+  }
+  ADD_FAILURE() << "no tie-free DirMoE input found";
+  return h;
+}
+
+template <class T>
+void run_dirmoe(const DirMoECase& c) {
+  const std::string base = std::string("/") + c.name + "/" + dtype_label<T>();
+  const RouterConfig cfg = dirmoe_config(c);
+  const std::vector<double> W = randn(3 * c.E * kHidden, 701 + c.E, 0.3);
+  const std::vector<double> V = randn(kHidden * c.E, 702, 0.5);
+  const std::vector<double> b = randn(kHidden, 703, 0.3);
+  RouterContext train_ctx;
+  train_ctx.seed = 99;
+  train_ctx.step = 3;
+  train_ctx.layer = 1;
+  train_ctx.global_token0 = 12345;
+  RouterContext ctx = train_ctx;
+  ctx.training = c.eval == nullptr;
+
+  DirMoERouter<float> cpu(cfg, kHidden, c.E, "router");
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i)
+    cpu.weight().value[i] = static_cast<float>(W[i]);
+  for (int64_t i = 0; i < cpu.decoder().numel(); ++i)
+    cpu.decoder().value[i] = static_cast<float>(V[i]);
+  for (int64_t i = 0; i < kHidden; ++i) cpu.decoder_bias().value[i] = static_cast<float>(b[i]);
+  Routing<float> warm;
+  if (!ctx.training) {  // evaluation uses the last training step's schedules
+    const std::vector<float> h1(kHidden, 0.1f);
+    cpu.forward(h1.data(), 1, train_ctx, warm);
+  }
+  const std::vector<double> h = dirmoe_tie_free_input<T>(cpu, cfg, W, c, ctx, 704 + c.N);
+  const std::vector<float> h32(h.begin(), h.end());
+  Routing<float> ref;
+  cpu.forward(h32.data(), c.N, ctx, ref);
+
+  cudaStream_t stream = nullptr;
+  Blas blas(stream);
+  CudaDirMoERouter<T> gpu(cfg, kHidden, c.E, "router", blas.get(), stream);
+  gpu.weight().master.upload(std::vector<float>(W.begin(), W.end()));
+  gpu.decoder().master.upload(std::vector<float>(V.begin(), V.end()));
+  gpu.decoder_bias().master.upload(std::vector<float>(b.begin(), b.end()));
+  DeviceRouting out;
+  if (!ctx.training) {
+    const std::vector<double> h1(kHidden, 0.1);
+    auto d_h1 = to_device_as<T>(h1);
+    gpu.forward(d_h1.data(), 1, train_ctx, out);
+    gpu.read_stats();
+  }
+  auto d_h = to_device_as<T>(h);
+  gpu.forward(d_h.data(), c.N, ctx, out);
+  const RouterStats st = gpu.read_stats();
+  ASSERT_EQ(out.nnz, ref.nnz());
+  expect_exact("dirmoe_offsets" + base, out.offsets.download(), ref.offsets);
+  std::vector<int32_t> experts = out.experts.download();
+  std::vector<float> weights = out.weights.download();
+  experts.resize(ref.nnz());
+  weights.resize(ref.nnz());
+  expect_exact("dirmoe_experts" + base, experts, ref.experts);
+  const Tol tol = tolerance<T>(Op::kRouter);
+  expect_close("dirmoe_weights" + base, to_doubles(weights), to_doubles(ref.weights), tol);
+  DeviceBuffer<double> saved_copy(kDirMoERows * c.N * c.E);
+  DIRMOE_CUDA_CHECK(
+      cudaMemcpy(saved_copy.data(), gpu.saved(), saved_copy.bytes(), cudaMemcpyDeviceToDevice));
+  const std::vector<double> saved = saved_copy.download();
+  const int64_t NE = c.N * c.E;
+  auto first = [NE](const std::vector<double>& v) {
+    return std::vector<double>(v.begin(), v.begin() + NE);
+  };
+  expect_close("dirmoe_gates" + base, std::vector<double>(saved.begin(), saved.begin() + NE),
+               first(cpu.gates()), tol);
+  expect_close("dirmoe_alpha_q" + base,
+               std::vector<double>(saved.begin() + 3 * NE, saved.begin() + 4 * NE),
+               first(cpu.alpha_q()), tol);
+  expect_close("dirmoe_r" + base,
+               std::vector<double>(saved.begin() + 6 * NE, saved.begin() + 7 * NE),
+               first(cpu.weights_r()), tol);
+  const RouterStats& rs = cpu.stats();
+  std::vector<double> got{st.aux_loss, gpu.loss()}, want{rs.aux_loss, cpu.loss()};
+  for (const char* name :
+       {"undispatched_mass", "kl", "recon", "sparsity", "sum_gates", "gate_entropy", "tau"}) {
+    got.push_back(stat(st, name));
+    want.push_back(stat(rs, name));
+  }
+  expect_close("dirmoe_loss_terms" + base, got, want, tol);
+  expect_exact("dirmoe_counts" + base,
+               std::vector<double>{st.mean_active, stat(st, "dead_experts")},
+               std::vector<double>{rs.mean_active, stat(rs, "dead_experts")});
+  // Gates on the 1/2 and 0.05/0.95 thresholds: a gate within rounding of one may count either way.
+  const Tol count_tol{2.0 / static_cast<double>(c.N), 0.0};
+  expect_close("dirmoe_gate_counts" + base,
+               {stat(st, "open_gates"), stat(st, "no_open_gate"), stat(st, "near_binary")},
+               {stat(rs, "open_gates"), stat(rs, "no_open_gate"), stat(rs, "near_binary")},
+               count_tol);
+  if (!ctx.training && cfg.dirmoe.eval != "sample") return;
+
+  const std::vector<double> dweights = randn(ref.nnz(), 705);
+  const std::vector<float> dw32(dweights.begin(), dweights.end());
+  const double loss_scale = 0.5;
+  for (Parameter<float>* q : cpu.parameters()) q->grad.zero();
+  std::vector<float> ref_dh(c.N * kHidden, 0.f);
+  cpu.backward(dw32.data(), loss_scale, ref_dh.data());
+  auto d_dw = to_device(dw32);
+  Guarded<T> d_dh(c.N * kHidden, 0);
+  gpu.backward(d_dw.data(), loss_scale, d_dh.data());
+  DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  expect_close("dirmoe_dh" + base, d_dh.doubles(), to_doubles(ref_dh), tolerance<T>(Op::kLinear));
+  expect_guard("dirmoe_dh" + base, d_dh);
+  const Tol f32 = kF32Tol[static_cast<int>(Op::kLinear)];
+  auto grad_of = [](Parameter<float>& q) {
+    std::vector<double> g(q.numel());
+    for (int64_t i = 0; i < q.numel(); ++i) g[i] = q.grad[i];
+    return g;
+  };
+  expect_close("dirmoe_dW" + base, to_doubles(gpu.weight().grad.download()), grad_of(cpu.weight()),
+               f32);
+  expect_close("dirmoe_ddecoder" + base, to_doubles(gpu.decoder().grad.download()),
+               grad_of(cpu.decoder()), f32);
+  expect_close("dirmoe_dbias" + base, to_doubles(gpu.decoder_bias().grad.download()),
+               grad_of(cpu.decoder_bias()), f32);
+}
+
+using DirMoEParam = std::tuple<DirMoECase, bool>;
+class DirMoERouterCuda : public ::testing::TestWithParam<DirMoEParam> {};
+
+TEST_P(DirMoERouterCuda, MatchesCpuRouter) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const auto& [c, bf16_model] = GetParam();
+  if (bf16_model)
+    run_dirmoe<bf16>(c);
+  else
+    run_dirmoe<float>(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, DirMoERouterCuda,
+                         ::testing::Combine(::testing::ValuesIn(kDirMoECases), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<DirMoEParam>& info) {
+                           return param_name(std::get<0>(info.param).name) +
+                                  (std::get<1>(info.param) ? "_bf16" : "_f32");
+                         });
 
 }  // namespace
 }  // namespace dirmoe::cuda::testing
