@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -214,6 +215,46 @@ TEST(RoutingShared, ProbMoERouterRunsTheSharedTokenCode) {
       for (int i = 0; i < E; ++i) EXPECT_EQ(mu[i], router.marginals()[t * E + i]);
     }
     expect_same_routing(out, offsets, experts, weights);
+  }
+}
+
+// Non-finite concentration pre-activations are reported by token and expert (not turned into NaN
+// routing), and concentrations at the floor are never sampled as zero.
+TEST(RoutingShared, DirMoEConcentrationsReportedAndFloored) {
+  RouterConfig cfg;
+  cfg.type = "dirmoe";
+  cfg.k = 2;
+  const int E = 8;
+  cfg.dirmoe.lambda_q = Schedule::constant(0.5);
+  cfg.dirmoe.alpha_floor = 1e-3;
+  DirMoERouter<float> router(cfg, kHidden, E, "layers.2.moe.router");
+  fill(router.weight(), 31, 0.3);
+  // a_hi and a_lo pre-activations of every expert far below zero: softplus underflows to 0.
+  for (int64_t j = 0; j < kHidden; ++j)
+    for (int i = E; i < 3 * E; ++i) router.weight().value[i * kHidden + j] = 0;
+  std::vector<float> h = input(32);
+  for (int64_t t = 0; t < kTokens; ++t) h[t * kHidden] = 1.0f;
+  for (int i = E; i < 3 * E; ++i) router.weight().value[i * kHidden] = -800.0f;
+  RouterContext ctx = context();
+  Routing<float> out;
+  router.forward(h.data(), kTokens, ctx, out);
+  const double floor = 0.5 * 1e-3;
+  for (double a : router.alpha_q()) EXPECT_GE(a, floor);
+  for (float w : out.weights) EXPECT_TRUE(std::isfinite(w) && w > 0) << w;
+
+  // a_hi of expert 5 overflows to +inf for token 40 only.
+  router.weight().value[(E + 5) * kHidden + 3] = 3e38f;
+  h[40 * kHidden + 3] = 4.0f;
+  for (int64_t t = 0; t < kTokens; ++t)
+    if (t != 40) h[t * kHidden + 3] = 0.0f;
+  try {
+    router.forward(h.data(), kTokens, ctx, out);
+    ADD_FAILURE() << "non-finite concentration not reported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite concentration pre-activations at token 40 "
+                                         "(global 4136), expert 5, layer 3"),
+              std::string::npos)
+        << e.what();
   }
 }
 
