@@ -272,4 +272,34 @@ void dirmoe_route_backward(float* du, const float* dr_t, const double* saved, co
                            double ks, double ss, double aux_scale, double dprior,
                            cudaStream_t stream);
 
+// probmoe. Stat rows [N, probmoe_stat_columns(E)]: softmax (E), chosen (E, 0/1), lse^2, entropy of
+// sigmoid(l), near_binary, expected k, undispatched mass.
+constexpr int kProbMoEMaxK = 8;  // largest subset size the kernels' per-token tables hold
+constexpr int probmoe_stat_columns(int E) { return 2 * E + 5; }
+// Statistics of probmoe_route_finalize: aux loss, z-loss (weighted), mean active experts,
+// expected_k, undispatched_mass, gate_entropy, near_binary, dead_experts.
+constexpr int kProbMoEStats = 8;
+struct ProbMoEKernelParams {
+  int E = 0, k_lo = 1, k_hi = 1;  // subset sizes [k_lo, k_hi] (exact: k_lo = k_hi = k)
+  bool dynamic = false, training = true;
+  // Philox keys (routing::NoiseKey) of the subset and the size draws.
+  uint64_t subset_seed = 0, size_seed = 0;
+  uint32_t step = 0, subset_layer_purpose = 0, size_layer_purpose = 0;
+  int64_t token0 = 0;
+};
+// logits[N,E] -> softmax s[N,E], marginals mu[N,E], lse[N], padded experts/weights [N, k_hi]
+// (by decreasing weight, ties to the lower index), counts[N], stat_rows.
+void probmoe_route_forward(double* s, double* mu, double* lse, int32_t* padded_experts,
+                           float* padded_weights, int32_t* counts, double* stat_rows,
+                           const float* logits, int64_t N, const ProbMoEKernelParams& p,
+                           int64_t* d_bad, cudaStream_t stream);
+void probmoe_route_finalize(double* fraction, double* stats, const double* sums, int64_t N, int E,
+                            double aux_coef, double z_coef, cudaStream_t stream);
+// dlogits[N,E] (overwritten); aux_scale = loss_scale * aux_coef * E / N, z_scale = loss_scale *
+// z_coef * 2 / N.
+void probmoe_route_backward(float* dlogits, const float* logits, const double* s, const double* lse,
+                            const int64_t* offsets, const int32_t* experts, const float* dweights,
+                            const double* fraction, int64_t N, const ProbMoEKernelParams& p,
+                            double aux_scale, double z_scale, cudaStream_t stream);
+
 }  // namespace dirmoe::cuda

@@ -355,4 +355,135 @@ const RouterStats& CudaDirMoERouter<T>::read_stats() {
 template class CudaDirMoERouter<float>;
 template class CudaDirMoERouter<cuda::bf16>;
 
+template <class T>
+CudaProbMoERouter<T>::CudaProbMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
+                                        const std::string& prefix, cublasHandle_t handle,
+                                        cudaStream_t stream)
+    : cfg_(cfg), d_(hidden), E_(num_experts), handle_(handle), stream_(stream) {
+  validate_router_config(cfg, hidden, num_experts);
+  DIRMOE_CHECK(cfg.type == "probmoe", "CudaProbMoERouter built for router type '", cfg.type, "'");
+  DIRMOE_CHECK(num_experts <= cuda::kRouterMaxExperts,
+               "moe.num_experts: the GPU routers take at most ", cuda::kRouterMaxExperts,
+               " experts, got ", num_experts);
+  const bool dynamic = cfg.probmoe.mode == "dynamic";
+  params_.E = num_experts;
+  params_.k_lo = dynamic ? cfg.probmoe.k_min : cfg.k;
+  params_.k_hi = dynamic ? cfg.probmoe.k_max : cfg.k;
+  params_.dynamic = dynamic;
+  DIRMOE_CHECK(params_.k_hi <= cuda::kProbMoEMaxK,
+               dynamic ? "moe.router.probmoe.k_max" : "moe.router.k",
+               ": the GPU ProbMoE router takes subsets of at most ", cuda::kProbMoEMaxK,
+               " experts, got ", params_.k_hi);
+  weight_ = cuda::DeviceParameter(prefix + ".weight", {num_experts, hidden}, false);
+  weight_.master.fill_bytes(0, stream_);
+  weight_.zero_grad(stream_);
+  sums_.resize(cuda::probmoe_stat_columns(E_));
+  fraction_.resize(E_);
+  stats_dev_.resize(cuda::kProbMoEStats);
+  bad_.resize(1);
+}
+
+template <class T>
+void CudaProbMoERouter<T>::forward(const T* d_h, int64_t N, const RouterContext& ctx,
+                                   DeviceRouting& out) {
+  DIRMOE_CHECK(N >= 0, "router ", weight_.name, ": negative token count ", N);
+  DIRMOE_CHECK(N == 0 || d_h != nullptr, "router ", weight_.name, ": null input for ", N,
+               " tokens");
+  const int E = E_, kmax = params_.k_hi;
+  N_ = N;
+  ctx_ = ctx;
+  has_forward_ = true;
+  last_out_ = &out;
+  params_.training = ctx.training;
+  const routing::NoiseKey subset = RouterNoise(ctx, NoisePurpose::kSubset).key();
+  const routing::NoiseKey size = RouterNoise(ctx, NoisePurpose::kSubsetSize).key();
+  params_.subset_seed = subset.seed;
+  params_.size_seed = size.seed;
+  params_.step = subset.step;
+  params_.subset_layer_purpose = subset.layer_purpose;
+  params_.size_layer_purpose = size.layer_purpose;
+  params_.token0 = subset.token0;
+
+  h32_.grow(N * d_);
+  logits_.grow(N * E);
+  s_.grow(N * E);
+  mu_.grow(N * E);
+  lse_.grow(N);
+  padded_experts_.grow(N * kmax);
+  padded_weights_.grow(N * kmax);
+  counts_.grow(N);
+  rows_.grow(N * cuda::probmoe_stat_columns(E));
+  out.num_tokens = N;
+  out.num_experts = E;
+  out.nnz = N * kmax;
+  out.offsets.grow(N + 1);
+  out.experts.grow(N * kmax);
+  out.weights.grow(N * kmax);
+  bad_.fill_bytes(0x7F, stream_);
+  to_fp32(h32_.data(), d_h, N * d_, stream_);
+  if (N > 0) {
+    cuda::linear_forward<float>(handle_, logits_.data(), h32_.data(), weight_.master.data(), N, d_,
+                                E, false, stream_);
+    cuda::probmoe_route_forward(s_.data(), mu_.data(), lse_.data(), padded_experts_.data(),
+                                padded_weights_.data(), counts_.data(), rows_.data(),
+                                logits_.data(), N, params_, bad_.data(), stream_);
+  }
+  cuda::router_offsets(out.offsets.data(), counts_.data(), N, stream_);
+  cuda::router_compact(out.experts.data(), out.weights.data(), padded_experts_.data(),
+                       padded_weights_.data(), out.offsets.data(), N, kmax, stream_);
+  offsets_.grow(N + 1);
+  experts_.grow(N * kmax);
+  DIRMOE_CUDA_CHECK(cudaMemcpyAsync(offsets_.data(), out.offsets.data(), sizeof(int64_t) * (N + 1),
+                                    cudaMemcpyDeviceToDevice, stream_));
+  if (N > 0)
+    DIRMOE_CUDA_CHECK(cudaMemcpyAsync(experts_.data(), out.experts.data(),
+                                      sizeof(int32_t) * N * kmax, cudaMemcpyDeviceToDevice,
+                                      stream_));
+  cuda::router_column_sums(sums_.data(), rows_.data(), N, cuda::probmoe_stat_columns(E), stream_);
+  cuda::probmoe_route_finalize(fraction_.data(), stats_dev_.data(), sums_.data(), N, E,
+                               cfg_.aux_loss_coef, cfg_.z_loss_coef, stream_);
+}
+
+template <class T>
+void CudaProbMoERouter<T>::backward(const float* d_dweights, double loss_scale, T* d_dh) {
+  DIRMOE_CHECK(has_forward_, "router ", weight_.name, ": backward called before forward");
+  const int64_t N = N_;
+  if (N == 0) return;
+  DIRMOE_CHECK(d_dweights != nullptr && d_dh != nullptr, "router ", weight_.name,
+               ": null dweights or dh");
+  dlogits_.grow(N * E_);
+  cuda::probmoe_route_backward(
+      dlogits_.data(), logits_.data(), s_.data(), lse_.data(), offsets_.data(), experts_.data(),
+      d_dweights, fraction_.data(), N, params_,
+      loss_scale * cfg_.aux_loss_coef * E_ / static_cast<double>(N),
+      loss_scale * cfg_.z_loss_coef * 2.0 / static_cast<double>(N), stream_);
+  add_input_grad<T>(handle_, d_dh, dh32_, dh_t_, weight_.grad.data(), dlogits_.data(), h32_.data(),
+                    weight_.master.data(), N, d_, E_, stream_);
+}
+
+template <class T>
+const RouterStats& CudaProbMoERouter<T>::read_stats() {
+  DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  const std::vector<double> s = stats_dev_.download();
+  const std::vector<int64_t> bad = bad_.download();
+  throw_if_bad(bad[0], weight_.name, ctx_, "logits");
+  if (last_out_ != nullptr && N_ > 0) {
+    DIRMOE_CUDA_CHECK(
+        cudaMemcpy(&last_out_->nnz, offsets_.data() + N_, sizeof(int64_t), cudaMemcpyDeviceToHost));
+  }
+  stats_.aux_loss = s[0];
+  stats_.z_loss = s[1];
+  stats_.mean_active = s[2];
+  stats_.scalars = {{"target_k", static_cast<double>(cfg_.k)},
+                    {"expected_k", s[3]},
+                    {"undispatched_mass", s[4]},
+                    {"gate_entropy", s[5]},
+                    {"near_binary", s[6]},
+                    {"dead_experts", s[7]}};
+  return stats_;
+}
+
+template class CudaProbMoERouter<float>;
+template class CudaProbMoERouter<cuda::bf16>;
+
 }  // namespace dirmoe

@@ -146,4 +146,56 @@ class CudaDirMoERouter {
   cuda::DeviceBuffer<T> dh_t_;
 };
 
+// ProbMoE on the device (ProbMoERouter's semantics: exact k-subset sampling from the log-space DP
+// with the CPU's Philox draws, Dynamic-k, the straight-through weights and the marginals'
+// Hessian-vector product in backward). Subset sizes up to cuda::kProbMoEMaxK.
+// NOTE: as for DirMoE, out.nnz is the capacity N * k_max until read_stats() sets the count.
+template <class T>
+class CudaProbMoERouter {
+ public:
+  CudaProbMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
+                    const std::string& prefix, cublasHandle_t handle, cudaStream_t stream);
+
+  void forward(const T* d_h, int64_t N, const RouterContext& ctx, DeviceRouting& out);
+  void backward(const float* d_dweights, double loss_scale, T* d_dh);
+  const RouterStats& read_stats();
+  double loss() const { return stats_.aux_loss + stats_.z_loss; }  // after read_stats()
+
+  cuda::DeviceParameter& weight() { return weight_; }     // [E,d]
+  const double* marginals() const { return mu_.data(); }  // [N,E] of the last forward
+
+ private:
+  RouterConfig cfg_;
+  int64_t d_;
+  int E_;
+  cuda::ProbMoEKernelParams params_;
+  cublasHandle_t handle_;
+  cudaStream_t stream_;
+  cuda::DeviceParameter weight_;
+  RouterStats stats_;
+  RouterContext ctx_;
+  int64_t N_ = 0;
+  bool has_forward_ = false;
+  DeviceRouting* last_out_ = nullptr;
+
+  cuda::DeviceBuffer<float> h32_;               // [N,d]
+  cuda::DeviceBuffer<float> logits_;            // [N,E]
+  cuda::DeviceBuffer<double> s_;                // [N,E] softmax
+  cuda::DeviceBuffer<double> mu_;               // [N,E]
+  cuda::DeviceBuffer<double> lse_;              // [N]
+  cuda::DeviceBuffer<int32_t> padded_experts_;  // [N, k_max]
+  cuda::DeviceBuffer<float> padded_weights_;    // [N, k_max]
+  cuda::DeviceBuffer<int32_t> counts_;          // [N]
+  cuda::DeviceBuffer<double> rows_;             // [N, probmoe_stat_columns(E)]
+  cuda::DeviceBuffer<double> sums_;
+  cuda::DeviceBuffer<double> fraction_;   // [E]
+  cuda::DeviceBuffer<double> stats_dev_;  // [kProbMoEStats]
+  cuda::DeviceBuffer<int64_t> bad_;       // [1]
+  cuda::DeviceBuffer<int64_t> offsets_;   // [N+1]
+  cuda::DeviceBuffer<int32_t> experts_;   // [N * k_max]
+  cuda::DeviceBuffer<float> dlogits_;     // [N,E]
+  cuda::DeviceBuffer<float> dh32_;
+  cuda::DeviceBuffer<T> dh_t_;
+};
+
 }  // namespace dirmoe

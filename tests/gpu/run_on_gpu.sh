@@ -173,7 +173,7 @@ if grep -q 'GPU available: no' "$OUT/check.log" 2>/dev/null; then
 fi
 
 # compute-sanitizer on the small cases (out-of-bounds, uninitialised reads, shared-memory races).
-SMALL='Grid/TopKRouterCuda.*N7_*:TopKRouterKernels.*:Grid/*one*:Grid/*odd*:Grid/*small*:Grid/*single*:Grid/*gqa_s67*:Grid/*hd32_s130*:Grid/*hd96*:Grid/*hd128_s200*:Grid/*padded*:Grid/*contiguous_ep2*:Grid/*uneven*:Grid/*capacity*:Grid/*no_tokens*:Grid/*rows_not*:Grid/*misaligned*:MoeCudaRegroup.*:*Edge*:AdamW*:GradNorm*'
+SMALL='Grid/*RouterCuda.*N7_*:TopKRouterKernels.*:Grid/*one*:Grid/*odd*:Grid/*small*:Grid/*single*:Grid/*gqa_s67*:Grid/*hd32_s130*:Grid/*hd96*:Grid/*hd128_s200*:Grid/*padded*:Grid/*contiguous_ep2*:Grid/*uneven*:Grid/*capacity*:Grid/*no_tokens*:Grid/*rows_not*:Grid/*misaligned*:MoeCudaRegroup.*:*Edge*:AdamW*:GradNorm*'
 if has test_kernels_cuda && command -v compute-sanitizer >/dev/null 2>&1; then
   run "compute-sanitizer memcheck (small cases)" "$OUT/memcheck.log" 150 \
     compute-sanitizer --tool memcheck --error-exitcode 9 "$CARRY/test_kernels_cuda" $GTEST \

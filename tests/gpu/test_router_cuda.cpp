@@ -3,7 +3,8 @@
 // per token, their order, counts) exactly on tie-free inputs, weights, probabilities, loss terms
 // and gradients within the tolerance table; the router kernels on the CPU's own logits (double
 // math on both sides); non-finite logits reported with token and expert. DirMoE the same way,
-// including its Philox gate and Gamma draws, saved per-token rows and all parameter gradients.
+// including its Philox gate and Gamma draws, saved per-token rows and all parameter gradients;
+// ProbMoE (exact and Dynamic-k, training draws and evaluation) with its marginals.
 #include <cublas_v2.h>
 #include <gtest/gtest.h>
 
@@ -15,8 +16,11 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/api.cuh"
+#include "kernels/routing/subset.h"
 #include "router/cuda/cuda_router.h"
 #include "router/dirmoe_router.h"
+#include "router/noise.h"
+#include "router/probmoe_router.h"
 #include "router/topk_router.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -494,6 +498,199 @@ TEST_P(DirMoERouterCuda, MatchesCpuRouter) {
 INSTANTIATE_TEST_SUITE_P(Grid, DirMoERouterCuda,
                          ::testing::Combine(::testing::ValuesIn(kDirMoECases), ::testing::Bool()),
                          [](const ::testing::TestParamInfo<DirMoEParam>& info) {
+                           return param_name(std::get<0>(info.param).name) +
+                                  (std::get<1>(info.param) ? "_bf16" : "_f32");
+                         });
+
+// ---- probmoe -----------------------------------------------------------------------------------
+struct ProbMoECase {
+  const char* name;
+  int64_t N;
+  int E, k;
+  bool dynamic = false;
+  bool training = true;
+};
+const ProbMoECase kProbMoECases[] = {
+    {"N1_E8_k1", 1, 8, 1},
+    {"N1_E16_k2", 1, 16, 2},
+    {"N7_E8_k1", 7, 8, 1},
+    {"N7_E8_k2", 7, 8, 2},
+    {"N7_E16_k1", 7, 16, 1},
+    {"N7_E16_k2", 7, 16, 2},
+    {"N8192_E8_k1", 8192, 8, 1},
+    {"N8192_E8_k2", 8192, 8, 2},
+    {"N8192_E16_k1", 8192, 16, 1},
+    {"N8192_E16_k2", 8192, 16, 2},
+    {"N8192_E8_dynamic_1_3", 8192, 8, 2, true},
+    {"N8192_E16_dynamic_1_3", 8192, 16, 2, true},
+    {"N8192_E8_k2_eval", 8192, 8, 2, false, false},
+    {"N8192_E16_dynamic_1_3_eval", 8192, 16, 2, true, false},
+};
+
+// Whether a token's draws (or, in evaluation, its logits) stay more than `gap` away from every
+// decision threshold: subset inclusion probabilities, the Dynamic-k size CDF, the order of the
+// chosen experts' softmax, and (evaluation) the k-th logit and zero.
+bool probmoe_tie_free(const std::vector<double>& l, const routing::ProbMoETokenParams<double>& c,
+                      int64_t t, double gap) {
+  const int E = c.E, K = c.k_hi;
+  std::vector<double> table((E + 1) * (K + 1)), adj(table.size()), dadj(table.size());
+  routing::SubsetView<double> dp;
+  dp.E = E;
+  dp.K = K;
+  dp.l = l.data();
+  dp.table = table.data();
+  dp.adj = adj.data();
+  dp.dadj = dadj.data();
+  dp.build(c.k_lo, c.k_hi);
+  std::vector<int> chosen;
+  if (c.training) {
+    int k = c.k_lo;
+    if (c.dynamic) {
+      const double u = c.size_noise.uniform(t, 0);
+      double cdf = 0;
+      for (int q = c.k_lo; q < c.k_hi; ++q) {
+        cdf += dp.size_prob(q);
+        if (std::abs(u - cdf) < gap) return false;
+      }
+      k = dp.sample_size(u);
+    }
+    int j = k;
+    for (int i = E; i >= 1 && j > 0; --i) {
+      const double take = std::exp(dp.at(i - 1, j - 1) + l[i - 1] - dp.at(i, j));
+      const double u = c.subset_noise.uniform(t, i - 1);
+      if (j != i && std::abs(u - take) < gap) return false;
+      if (j == i || u < take) {
+        chosen.push_back(i - 1);
+        --j;
+      }
+    }
+  } else {
+    std::vector<double> sorted = l;
+    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    for (int i = 0; i + 1 < std::min(c.k_hi + 1, E); ++i)
+      if (sorted[i] - sorted[i + 1] < gap) return false;
+    for (double x : l)
+      if (std::abs(x) < gap) return false;
+  }
+  std::vector<double> s;
+  for (int e : chosen) s.push_back(l[e]);
+  std::sort(s.begin(), s.end());
+  for (size_t i = 1; i < s.size(); ++i)
+    if (s[i] - s[i - 1] < gap) return false;
+  return true;
+}
+
+template <class T>
+void run_probmoe(const ProbMoECase& c) {
+  const std::string base = std::string("/") + c.name + "/" + dtype_label<T>();
+  RouterConfig cfg;
+  cfg.type = "probmoe";
+  cfg.k = c.k;
+  cfg.aux_loss_coef = 0.05;
+  cfg.z_loss_coef = 0.01;
+  cfg.probmoe.mode = c.dynamic ? "dynamic" : "exact";
+  cfg.probmoe.k_min = 1;
+  cfg.probmoe.k_max = 3;
+  RouterContext ctx;
+  ctx.seed = 77;
+  ctx.step = 4;
+  ctx.layer = 3;
+  ctx.global_token0 = 999;
+  ctx.training = c.training;
+  routing::ProbMoETokenParams<double> params;
+  params.E = c.E;
+  params.k_lo = c.dynamic ? 1 : c.k;
+  params.k_hi = c.dynamic ? 3 : c.k;
+  params.dynamic = c.dynamic;
+  params.training = c.training;
+  params.subset_noise = RouterNoise(ctx, NoisePurpose::kSubset).key();
+  params.size_noise = RouterNoise(ctx, NoisePurpose::kSubsetSize).key();
+
+  const std::vector<double> W = randn(c.E * kHidden, 801 + c.E, 0.25);
+  std::vector<double> h = representable<T>(randn(c.N * kHidden, 802 + c.N));
+  for (int64_t t = 0; t < c.N; ++t) {
+    for (uint64_t attempt = 1;; ++attempt) {
+      std::vector<double> row(h.begin() + t * kHidden, h.begin() + (t + 1) * kHidden);
+      if (probmoe_tie_free(logits_of(row, W, 1, c.E), params, t, 1e-4)) break;
+      const std::vector<double> fresh =
+          representable<T>(randn(kHidden, 803 * 1000003 + t * 131 + attempt));
+      std::copy(fresh.begin(), fresh.end(), h.begin() + t * kHidden);
+    }
+  }
+
+  ProbMoERouter<float> cpu(cfg, kHidden, c.E, "router");
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i)
+    cpu.weight().value[i] = static_cast<float>(W[i]);
+  cpu.weight().grad.zero();
+  const std::vector<float> h32(h.begin(), h.end());
+  Routing<float> ref;
+  cpu.forward(h32.data(), c.N, ctx, ref);
+
+  cudaStream_t stream = nullptr;
+  Blas blas(stream);
+  CudaProbMoERouter<T> gpu(cfg, kHidden, c.E, "router", blas.get(), stream);
+  gpu.weight().master.upload(std::vector<float>(W.begin(), W.end()));
+  auto d_h = to_device_as<T>(h);
+  DeviceRouting out;
+  gpu.forward(d_h.data(), c.N, ctx, out);
+  const RouterStats st = gpu.read_stats();
+  ASSERT_EQ(out.nnz, ref.nnz());
+  expect_exact("probmoe_offsets" + base, out.offsets.download(), ref.offsets);
+  std::vector<int32_t> experts = out.experts.download();
+  std::vector<float> weights = out.weights.download();
+  experts.resize(ref.nnz());
+  weights.resize(ref.nnz());
+  expect_exact("probmoe_experts" + base, experts, ref.experts);
+  const Tol tol = tolerance<T>(Op::kRouter);
+  expect_close("probmoe_weights" + base, to_doubles(weights), to_doubles(ref.weights), tol);
+  DeviceBuffer<double> mu_copy(c.N * c.E);
+  DIRMOE_CUDA_CHECK(
+      cudaMemcpy(mu_copy.data(), gpu.marginals(), mu_copy.bytes(), cudaMemcpyDeviceToDevice));
+  expect_close("probmoe_marginals" + base, mu_copy.download(),
+               std::vector<double>(cpu.marginals().begin(), cpu.marginals().begin() + c.N * c.E),
+               tol);
+  const RouterStats& rs = cpu.stats();
+  std::vector<double> got{st.aux_loss, st.z_loss}, want{rs.aux_loss, rs.z_loss};
+  for (const char* name : {"expected_k", "undispatched_mass", "gate_entropy"}) {
+    got.push_back(stat(st, name));
+    want.push_back(stat(rs, name));
+  }
+  expect_close("probmoe_loss_terms" + base, got, want, tol);
+  expect_exact("probmoe_counts" + base,
+               std::vector<double>{st.mean_active, stat(st, "dead_experts")},
+               std::vector<double>{rs.mean_active, stat(rs, "dead_experts")});
+
+  const std::vector<double> dweights = randn(ref.nnz(), 804);
+  const std::vector<float> dw32(dweights.begin(), dweights.end());
+  std::vector<float> ref_dh(c.N * kHidden, 0.f);
+  cpu.backward(dw32.data(), 0.5, ref_dh.data());
+  auto d_dw = to_device(dw32);
+  Guarded<T> d_dh(c.N * kHidden, 0);
+  gpu.backward(d_dw.data(), 0.5, d_dh.data());
+  DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  expect_close("probmoe_dh" + base, d_dh.doubles(), to_doubles(ref_dh), tolerance<T>(Op::kLinear));
+  expect_guard("probmoe_dh" + base, d_dh);
+  std::vector<double> ref_dW(cpu.weight().numel());
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i) ref_dW[i] = cpu.weight().grad[i];
+  expect_close("probmoe_dW" + base, to_doubles(gpu.weight().grad.download()), ref_dW,
+               kF32Tol[static_cast<int>(Op::kLinear)]);
+}
+
+using ProbMoEParam = std::tuple<ProbMoECase, bool>;
+class ProbMoERouterCuda : public ::testing::TestWithParam<ProbMoEParam> {};
+
+TEST_P(ProbMoERouterCuda, MatchesCpuRouter) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const auto& [c, bf16_model] = GetParam();
+  if (bf16_model)
+    run_probmoe<bf16>(c);
+  else
+    run_probmoe<float>(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, ProbMoERouterCuda,
+                         ::testing::Combine(::testing::ValuesIn(kProbMoECases), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<ProbMoEParam>& info) {
                            return param_name(std::get<0>(info.param).name) +
                                   (std::get<1>(info.param) ? "_bf16" : "_f32");
                          });
