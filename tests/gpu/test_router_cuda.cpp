@@ -695,5 +695,82 @@ INSTANTIATE_TEST_SUITE_P(Grid, ProbMoERouterCuda,
                                   (std::get<1>(info.param) ? "_bf16" : "_f32");
                          });
 
+// ---- throughput probe (no assertions, as test_perf_cuda): the tracker's shape, 8192 tokens x
+// hidden 768 x 8 experts in a bf16 model, forward (with the step's one read of the statistics)
+// and backward per layer; the host routers took 17 ms (topk) and 113-150 ms (dirmoe) forward.
+template <class Router>
+void perf_router(const char* name, Router& router, int64_t N, int64_t d) {
+  const std::vector<double> W = randn(router.weight().numel(), 901, 0.03);
+  router.weight().master.upload(std::vector<float>(W.begin(), W.end()));
+  auto d_h = to_device_as<bf16>(randn(N * d, 902));
+  DeviceBuffer<bf16> d_dh(N * d);
+  d_dh.fill_bytes(0);
+  DeviceBuffer<float> d_dw(N * 8);
+  d_dw.fill_bytes(0);
+  DeviceRouting out;
+  RouterContext ctx;
+  auto run = [&](bool backward) {
+    cudaEvent_t a, b;
+    DIRMOE_CUDA_CHECK(cudaEventCreate(&a));
+    DIRMOE_CUDA_CHECK(cudaEventCreate(&b));
+    constexpr int kReps = 10;
+    float total = 0.f;
+    for (int i = 0; i < kReps + 2; ++i) {
+      ctx.step = i;
+      router.forward(d_h.data(), N, ctx, out);
+      router.read_stats();
+      DIRMOE_CUDA_CHECK(cudaEventRecord(a));
+      if (backward) {
+        router.backward(d_dw.data(), 1.0, d_dh.data());
+      } else {
+        router.forward(d_h.data(), N, ctx, out);
+        router.read_stats();
+      }
+      DIRMOE_CUDA_CHECK(cudaEventRecord(b));
+      DIRMOE_CUDA_CHECK(cudaEventSynchronize(b));
+      float ms = 0.f;
+      DIRMOE_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+      if (i >= 2) total += ms;
+    }
+    (void)cudaEventDestroy(a);
+    (void)cudaEventDestroy(b);
+    return total / kReps;
+  };
+  const double fwd = run(false), bwd = run(true);
+  std::printf("[ perf    ] router %-24s bf16 N=%lld d=%lld E=8  fwd+read %8.3f ms  bwd %8.3f ms\n",
+              name, static_cast<long long>(N), static_cast<long long>(d), fwd, bwd);
+}
+
+TEST(RouterPerfCuda, TrackerShape) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const int64_t N = 8192, d = 768;
+  const int E = 8;
+  Blas blas(nullptr);
+  {
+    RouterConfig cfg;
+    cfg.k = 2;
+    CudaTopKRouter<bf16> r(cfg, d, E, "router", blas.get(), nullptr);
+    perf_router("topk k=2", r, N, d);
+  }
+  {
+    RouterConfig cfg;
+    cfg.type = "dirmoe";
+    cfg.k = 2;
+    cfg.dirmoe.max_active = 4;
+    CudaDirMoERouter<bf16> r(cfg, d, E, "router", blas.get(), nullptr);
+    perf_router("dirmoe k=2 max_active=4", r, N, d);
+  }
+  for (const char* mode : {"exact", "dynamic"}) {
+    RouterConfig cfg;
+    cfg.type = "probmoe";
+    cfg.k = 2;
+    cfg.probmoe.mode = mode;
+    cfg.probmoe.k_min = 1;
+    cfg.probmoe.k_max = 3;
+    CudaProbMoERouter<bf16> r(cfg, d, E, "router", blas.get(), nullptr);
+    perf_router(std::string("probmoe ").append(mode).c_str(), r, N, d);
+  }
+}
+
 }  // namespace
 }  // namespace dirmoe::cuda::testing
