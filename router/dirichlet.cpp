@@ -1,47 +1,24 @@
-// Dirichlet KL, Simpson index and prior calibration (see dirichlet.h).
+// Dirichlet KL and Simpson index (through the shared kernels/routing/dirichlet.h) and the prior
+// calibration (see dirichlet.h).
 #include "router/dirichlet.h"
 
 #include <cmath>
 
-#include "router/gamma.h"
+#include "kernels/routing/dirichlet.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {
 
 double dirichlet_kl(const double* aq, const double* ap, int E) {
-  return dirichlet_kl_grad(aq, ap, E, nullptr, nullptr);
+  return routing::dirichlet_kl_grad<double>(aq, ap, E, nullptr, nullptr);
 }
 
-// KL = lgamma(A) - sum lgamma(aq) - lgamma(B) + sum lgamma(ap) + sum (aq - ap)(psi(aq) - psi(A)),
-// A = sum aq, B = sum ap.
-// dKL/daq_i = (aq_i - ap_i) psi'(aq_i) - (A - B) psi'(A);  dKL/dap_i = psi(ap_i) - psi(B) -
-// psi(aq_i)
-// + psi(A).
 double dirichlet_kl_grad(const double* aq, const double* ap, int E, double* daq, double* dap) {
-  double A = 0, B = 0;
-  for (int i = 0; i < E; ++i) {
-    A += aq[i];
-    B += ap[i];
-  }
-  const double psi_A = digamma(A), psi_B = digamma(B);
-  double kl = std::lgamma(A) - std::lgamma(B);
-  for (int i = 0; i < E; ++i) {
-    const double psi_q = digamma(aq[i]);
-    kl += std::lgamma(ap[i]) - std::lgamma(aq[i]) + (aq[i] - ap[i]) * (psi_q - psi_A);
-    if (dap) dap[i] = digamma(ap[i]) - psi_B - psi_q + psi_A;
-  }
-  if (daq) {
-    const double tA = (A - B) * trigamma(A);
-    for (int i = 0; i < E; ++i) daq[i] = (aq[i] - ap[i]) * trigamma(aq[i]) - tA;
-  }
-  return kl;
+  return routing::dirichlet_kl_grad<double>(aq, ap, E, daq, dap);
 }
 
 double dirichlet_mean_simpson(const double* alpha, int E) {
-  double a0 = 0, s = 0;
-  for (int i = 0; i < E; ++i) a0 += alpha[i];
-  for (int i = 0; i < E; ++i) s += alpha[i] * (alpha[i] + 1);
-  return s / (a0 * (a0 + 1));
+  return routing::dirichlet_mean_simpson<double>(alpha, E);
 }
 
 namespace {

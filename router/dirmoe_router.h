@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/routing/dirmoe.h"
 #include "router/dirichlet.h"
 #include "router/router.h"
 #include "runtime/core/tensor.h"
@@ -40,6 +41,11 @@ class DirMoERouter final : public Router<T> {
   const std::vector<double>& alpha_q() const { return alpha_; }
 
  private:
+  // The per-token code's view of the configuration and schedules of the last forward.
+  routing::DirMoETokenParams<double> token_params(const RouterContext& ctx, bool noisy,
+                                                  bool hard) const;
+  routing::DirMoERow<double> saved_row(int64_t t);  // token t's saved rows
+
   RouterConfig cfg_;
   int64_t d_;
   int E_;

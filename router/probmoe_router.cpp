@@ -1,28 +1,18 @@
 // ProbMoE router forward/backward. Per token: softmax, the subset DP (normaliser, marginals,
 // sampling) and, in backward, the marginals' Hessian-vector product for the mu path of the
-// straight-through weights; all in double. The logits GEMMs go through the CPU op set.
+// straight-through weights: kernels/routing/probmoe.h's per-token code in double (the code the CUDA
+// kernels run). The logits GEMMs go through the CPU op set.
 #include "router/probmoe_router.h"
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/routing/probmoe.h"
 #include "router/noise.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {
-namespace {
-
-double binary_entropy(double p) {
-  double h = 0;
-  if (p > 0) h -= p * std::log(p);
-  if (p < 1) h -= (1 - p) * std::log1p(-p);
-  return h;
-}
-
-}  // namespace
-
 template <class T>
 ProbMoERouter<T>::ProbMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
                                 const std::string& prefix)
@@ -38,11 +28,23 @@ ProbMoERouter<T>::ProbMoERouter(const RouterConfig& cfg, int64_t hidden, int num
   weight_ = Parameter<T>(prefix + ".weight", Shape{num_experts, hidden});
   fraction_.assign(E_, 0.0);
   prob_sum_.assign(E_, 0.0);
-  chosen_.resize(E_);
   row_.resize(E_);
   ds_.resize(E_);
   c_.resize(E_);
   hv_.resize(E_);
+}
+
+template <class T>
+routing::ProbMoETokenParams<double> ProbMoERouter<T>::token_params(const RouterContext& ctx) const {
+  routing::ProbMoETokenParams<double> p;
+  p.E = E_;
+  p.k_lo = k_lo_;
+  p.k_hi = k_hi_;
+  p.dynamic = dynamic_;
+  p.training = ctx.training;
+  p.subset_noise = RouterNoise(ctx, NoisePurpose::kSubset).key();
+  p.size_noise = RouterNoise(ctx, NoisePurpose::kSubsetSize).key();
+  return p;
 }
 
 // NOTE: within a token the chosen experts are listed by decreasing weight (ties: lower index).
@@ -61,75 +63,37 @@ void ProbMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, 
   std::copy(h, h + N * d_, h_.data());
   if (N > 0) cpu::linear_forward(logits_.data(), h, weight_.value.data(), N, d_, E);
 
-  const RouterNoise subset_noise(ctx, NoisePurpose::kSubset);
-  const RouterNoise size_noise(ctx, NoisePurpose::kSubsetSize);
+  const routing::ProbMoETokenParams<double> params = token_params(ctx);
+  routing::SubsetView<double> dp = dp_.view();
+  dp.l = row_.data();
   out.num_tokens = N;
   out.num_experts = E;
   out.offsets.assign(N + 1, 0);
-  out.experts.clear();
-  out.weights.clear();
+  out.experts.resize(N * k_hi_);
+  out.weights.resize(N * k_hi_);
   std::fill(fraction_.begin(), fraction_.end(), 0.0);
   std::fill(prob_sum_.begin(), prob_sum_.end(), 0.0);
   double z2 = 0, undispatched = 0, expected_k = 0, entropy = 0;
-  int64_t near_binary = 0;
+  int64_t near_binary = 0, assigned = 0;
 
   for (int64_t t = 0; t < N; ++t) {
-    const T* lt = logits_.data() + t * E;
-    double* l = row_.data();
-    double* s = probs_.data() + t * E;
-    double mx = -INFINITY;
-    for (int i = 0; i < E; ++i) {
-      l[i] = static_cast<double>(lt[i]);
-      mx = std::max(mx, l[i]);
-    }
-    double acc = 0;
-    for (int i = 0; i < E; ++i) acc += std::exp(l[i] - mx);
-    const double lse = mx + std::log(acc);
-    DIRMOE_CHECK(std::isfinite(lse), "router ", weight_.name, ": non-finite logits at token ", t,
-                 " (global ", ctx.global_token0 + t, ")");
-    lse_[t] = lse;
-    z2 += lse * lse;
-    for (int i = 0; i < E; ++i) {
-      s[i] = std::exp(l[i] - lse);
-      prob_sum_[i] += s[i];
-      const double p = 1.0 / (1.0 + std::exp(-l[i]));
-      entropy += binary_entropy(p);
-      near_binary += (p < 0.05 || p > 0.95);
-    }
-    dp_.build(l, k_lo_, k_hi_);
-    dp_.marginals(mu_.data() + t * E);
-    for (int k = k_lo_; k <= k_hi_; ++k) expected_k += k * dp_.size_prob(k);
-
-    int n;
-    if (ctx.training) {
-      const int k = dynamic_ ? dp_.sample_size(size_noise.uniform(t, 0)) : k_lo_;
-      n = dp_.sample(
-          k, [&](int i) { return subset_noise.uniform(t, i); }, chosen_.data());
-    } else {
-      int k = k_lo_;
-      if (dynamic_) {
-        int positive = 0;
-        for (int i = 0; i < E; ++i) positive += l[i] > 0;
-        k = std::clamp(positive, k_lo_, k_hi_);
-      }
-      std::iota(chosen_.begin(), chosen_.end(), 0);
-      std::partial_sort(chosen_.begin(), chosen_.begin() + k, chosen_.end(),
-                        [l](int a, int b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
-      n = k;
-    }
-    std::sort(chosen_.begin(), chosen_.begin() + n,
-              [s](int a, int b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
-    double kept = 0;
-    for (int j = 0; j < n; ++j) {
-      const int32_t e = chosen_[j];
-      out.experts.push_back(e);
-      out.weights.push_back(static_cast<T>(s[e]));
-      fraction_[e] += 1.0;
-      kept += s[e];
-    }
-    undispatched += std::max(0.0, 1.0 - kept);
-    out.offsets[t + 1] = static_cast<int64_t>(out.experts.size());
+    const routing::ProbMoEToken<double> r = routing::probmoe_token_forward<double, T>(
+        params, logits_.data() + t * E, t, row_.data(), dp, probs_.data() + t * E,
+        mu_.data() + t * E, out.experts.data() + assigned, out.weights.data() + assigned,
+        prob_sum_.data(), &entropy, &expected_k);
+    DIRMOE_CHECK(r.bad_expert < 0, "router ", weight_.name, ": non-finite logits at token ", t,
+                 " (global ", ctx.global_token0 + t, "), expert ", r.bad_expert, ", layer ",
+                 ctx.layer);
+    lse_[t] = r.lse;
+    z2 += r.lse * r.lse;
+    near_binary += r.near_binary;
+    for (int j = 0; j < r.num_dispatched; ++j) fraction_[out.experts[assigned + j]] += 1.0;
+    undispatched += std::max(0.0, 1.0 - r.kept);
+    assigned += r.num_dispatched;
+    out.offsets[t + 1] = assigned;
   }
+  out.experts.resize(assigned);
+  out.weights.resize(assigned);
   offsets_ = out.offsets;
   experts_ = out.experts;
 
@@ -166,27 +130,15 @@ void ProbMoERouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
   dlogits_.grow(N * E);
   const double aux_scale = loss_scale * cfg_.aux_loss_coef * E / static_cast<double>(N);
   const double z_scale = loss_scale * cfg_.z_loss_coef * 2.0 / static_cast<double>(N);
+  const routing::ProbMoETokenParams<double> params = token_params(RouterContext{});
+  routing::SubsetView<double> dp = dp_.view();
+  dp.l = row_.data();
   for (int64_t t = 0; t < N; ++t) {
-    const double* s = probs_.data() + t * E;
-    double* l = row_.data();
-    for (int i = 0; i < E; ++i) {
-      l[i] = static_cast<double>(logits_[t * E + i]);
-      ds_[i] = aux_scale * fraction_[i];
-      c_[i] = 0;
-    }
-    for (int64_t a = offsets_[t]; a < offsets_[t + 1]; ++a) {
-      const int e = experts_[a];
-      const double dw = static_cast<double>(dweights[a]);
-      ds_[e] += dw;
-      c_[e] = dw * s[e];
-    }
-    dp_.build(l, k_lo_, k_hi_);
-    dp_.marginals(mu_.data() + t * E, c_.data(), hv_.data());
-    double dot = 0;
-    for (int i = 0; i < E; ++i) dot += s[i] * ds_[i];
-    T* dl = dlogits_.data() + t * E;
-    const double zt = z_scale * lse_[t];
-    for (int i = 0; i < E; ++i) dl[i] = static_cast<T>(s[i] * (ds_[i] - dot) + zt * s[i] + hv_[i]);
+    const int64_t a0 = offsets_[t], a1 = offsets_[t + 1];
+    routing::probmoe_token_backward<double, T, T>(
+        params, logits_.data() + t * E, probs_.data() + t * E, lse_[t], experts_.data() + a0,
+        dweights + a0, static_cast<int>(a1 - a0), fraction_.data(), aux_scale, z_scale, row_.data(),
+        dp, ds_.data(), c_.data(), hv_.data(), mu_.data() + t * E, dlogits_.data() + t * E);
   }
   cpu::linear_backward(dh, weight_.grad.data(), dlogits_.data(), h_.data(), weight_.value.data(), N,
                        d_, E, /*accumulate_dx=*/true);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/routing/probmoe.h"
 #include "router/router.h"
 #include "router/subset.h"
 #include "runtime/core/tensor.h"
@@ -34,6 +35,8 @@ class ProbMoERouter final : public Router<T> {
   const std::vector<double>& marginals() const { return mu_; }
 
  private:
+  routing::ProbMoETokenParams<double> token_params(const RouterContext& ctx) const;
+
   RouterConfig cfg_;
   bool dynamic_;
   int64_t d_;
@@ -56,7 +59,6 @@ class ProbMoERouter final : public Router<T> {
   std::vector<double> prob_sum_;  // [E] sum over tokens of softmax(l)_i
   std::vector<int64_t> offsets_;  // [N+1] copy of the routing CSR
   std::vector<int32_t> experts_;  // [nnz]
-  std::vector<int32_t> chosen_;   // [E] scratch
   std::vector<double> row_;       // [E] scratch: logits in double
   std::vector<double> ds_;        // [E] scratch: dL/dsoftmax
   std::vector<double> c_;         // [E] scratch: coefficients on mu

@@ -1,12 +1,13 @@
-// topk router forward/backward. The row-wise softmax, the loss terms and the backward's per-row
-// algebra run in double whatever T is; the logits GEMMs go through the CPU op set.
+// topk router forward/backward. The per-token softmax, top-k, loss terms and backward algebra are
+// kernels/routing/topk.h's (in double whatever T is, the code the CUDA kernels run); the logits
+// GEMMs go through the CPU op set.
 #include "router/topk_router.h"
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/routing/topk.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {
@@ -18,7 +19,6 @@ TopKRouter<T>::TopKRouter(const RouterConfig& cfg, int64_t hidden, int num_exper
   weight_ = Parameter<T>(prefix + ".weight", Shape{num_experts, hidden}, ParamKind::kReplicated);
   fraction_.assign(E_, 0.0);
   prob_sum_.assign(E_, 0.0);
-  order_.resize(E_);
   dp_.assign(E_, 0.0);
 }
 
@@ -49,40 +49,18 @@ void TopKRouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Rou
 
   for (int64_t t = 0; t < N; ++t) {
     const T* l = logits_.data() + t * E_;
-    T* p = probs_.data() + t * E_;
-    double mx = -INFINITY;
-    for (int i = 0; i < E_; ++i) mx = std::max(mx, static_cast<double>(l[i]));
-    double s = 0;
-    for (int i = 0; i < E_; ++i) s += std::exp(static_cast<double>(l[i]) - mx);
-    const double lse = mx + std::log(s);
-    DIRMOE_CHECK(std::isfinite(lse), "router ", weight_.name, ": non-finite logits at token ", t,
-                 " (global ", ctx.global_token0 + t, ")");
-    lse_[t] = lse;
-    z += lse * lse;
-    double pmax = 0;
-    for (int i = 0; i < E_; ++i) {
-      const double pi = std::exp(static_cast<double>(l[i]) - lse);
-      p[i] = static_cast<T>(pi);
-      prob_sum_[i] += pi;
-      if (pi > 0) entropy -= pi * std::log(pi);
-      pmax = std::max(pmax, pi);
-    }
-    top1 += pmax;
-
-    std::iota(order_.begin(), order_.end(), 0);
-    std::partial_sort(order_.begin(), order_.begin() + k, order_.end(),
-                      [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
-    double chosen = 0;
-    for (int j = 0; j < k; ++j) chosen += static_cast<double>(p[order_[j]]);
-    undispatched += std::max(0.0, 1.0 - chosen);
+    const routing::TopKToken<double> r = routing::topk_token_forward<double, T>(
+        l, E_, k, cfg_.renormalize, probs_.data() + t * E_, prob_sum_.data(), &entropy,
+        out.experts.data() + t * k, out.weights.data() + t * k);
+    DIRMOE_CHECK(r.bad_expert < 0, "router ", weight_.name, ": non-finite logits at token ", t,
+                 " (global ", ctx.global_token0 + t, "), expert ", r.bad_expert, ", layer ",
+                 ctx.layer);
+    lse_[t] = r.lse;
+    z += r.lse * r.lse;
+    top1 += r.pmax;
+    undispatched += std::max(0.0, 1.0 - r.chosen);
     out.offsets[t] = t * k;
-    for (int j = 0; j < k; ++j) {
-      const int32_t e = order_[j];
-      out.experts[t * k + j] = e;
-      const double w = cfg_.renormalize ? static_cast<double>(p[e]) / chosen : p[e];
-      out.weights[t * k + j] = static_cast<T>(w);
-      fraction_[e] += 1.0;
-    }
+    for (int j = 0; j < k; ++j) fraction_[out.experts[t * k + j]] += 1.0;
   }
   out.offsets[N] = N * k;
   offsets_ = out.offsets;
@@ -119,27 +97,11 @@ void TopKRouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
   const double aux_scale = loss_scale * cfg_.aux_loss_coef * E_ / static_cast<double>(N);
   const double z_scale = loss_scale * cfg_.z_loss_coef * 2.0 / static_cast<double>(N);
   for (int64_t t = 0; t < N; ++t) {
-    const T* p = probs_.data() + t * E_;
-    for (int i = 0; i < E_; ++i) dp_[i] = aux_scale * fraction_[i];
     const int64_t a0 = offsets_[t], a1 = offsets_[t + 1];
-    if (cfg_.renormalize) {
-      double chosen = 0, wdot = 0;
-      for (int64_t a = a0; a < a1; ++a) chosen += static_cast<double>(p[experts_[a]]);
-      for (int64_t a = a0; a < a1; ++a)
-        wdot += static_cast<double>(dweights[a]) * static_cast<double>(p[experts_[a]]) / chosen;
-      for (int64_t a = a0; a < a1; ++a)
-        dp_[experts_[a]] += (static_cast<double>(dweights[a]) - wdot) / chosen;
-    } else {
-      for (int64_t a = a0; a < a1; ++a) dp_[experts_[a]] += static_cast<double>(dweights[a]);
-    }
-    double dot = 0;
-    for (int i = 0; i < E_; ++i) dot += static_cast<double>(p[i]) * dp_[i];
-    T* dl = dlogits_.data() + t * E_;
-    const double zt = z_scale * lse_[t];
-    for (int i = 0; i < E_; ++i) {
-      const double pi = static_cast<double>(p[i]);
-      dl[i] = static_cast<T>(pi * (dp_[i] - dot) + zt * pi);
-    }
+    routing::topk_token_backward<double, T, T>(
+        probs_.data() + t * E_, E_, experts_.data() + a0, dweights + a0, static_cast<int>(a1 - a0),
+        cfg_.renormalize, fraction_.data(), aux_scale, z_scale * lse_[t], dp_.data(),
+        dlogits_.data() + t * E_);
   }
   cpu::linear_backward(dh, weight_.grad.data(), dlogits_.data(), h_.data(), weight_.value.data(), N,
                        d_, E_, /*accumulate_dx=*/true);

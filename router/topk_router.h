@@ -46,7 +46,6 @@ class TopKRouter final : public Router<T> {
   std::vector<double> prob_sum_;  // [E] sum over tokens of p_i
   std::vector<int64_t> offsets_;  // [N+1] copy of the routing CSR
   std::vector<int32_t> experts_;  // [nnz]
-  std::vector<int32_t> order_;    // [E] top-k scratch
   std::vector<double> dp_;        // [E] backward scratch
 };
 

@@ -221,4 +221,124 @@ template <class T>
 void moe_regroup(T* out, const T* in, const int64_t* recv_counts, int ep, int max_local,
                  int num_local, int64_t width, bool wire_to_expert, cudaStream_t stream);
 
+// ---- routers (the per-token math of kernels/routing, in double; one thread per token) ----------
+// Logits and routing weights are fp32 whatever the model dtype. A token with a non-finite logit
+// (or DirMoE concentration pre-activation) is reported through *d_bad = min over such tokens of
+// (token << 16 | expert) (atomicMin; the caller sets every byte of *d_bad to 0x7F beforehand, i.e.
+// kRouterNoBad, and reads it at the step's synchronisation) and routed to its first experts with
+// weight 0, so the CSR stays valid.
+constexpr int kRouterMaxExperts = 64;  // bound of the kernels' per-token scratch
+constexpr int kRouterBadShift = 16;    // *d_bad = token << kRouterBadShift | expert
+constexpr int64_t kRouterNoBad = 0x7F7F7F7F7F7F7F7FLL;
+constexpr int kRouterBadConcentration = 0x8000;  // or-ed into the expert: a DirMoE concentration
+
+// out[c] = sum over t of rows[t, c], rows [N, C]: one block per column, a fixed summation order
+// (deterministic), in double.
+void router_column_sums(double* out, const double* rows, int64_t N, int C, cudaStream_t stream);
+
+// topk. Per-token statistic rows [N, topk_stat_columns(E)]: p (E), chosen (E, 0/1), lse^2,
+// entropy, max p, undispatched mass.
+constexpr int topk_stat_columns(int E) { return 2 * E + 4; }
+// Statistics of topk_route_finalize: aux loss, z-loss (both weighted), mean undispatched mass,
+// mean entropy, mean top-1 probability.
+constexpr int kTopKStats = 5;
+// logits[N,E] -> offsets[N+1] (t*k), experts/weights[N*k] (most probable first, ties to the lower
+// index), probs[N,E], lse[N], stat_rows.
+void topk_route_forward(int64_t* offsets, int32_t* experts, float* weights, float* probs,
+                        double* lse, double* stat_rows, const float* logits, int64_t N, int E,
+                        int k, bool renormalize, int64_t* d_bad, cudaStream_t stream);
+// From the column sums of the stat rows: fraction[E] (share of the N*k assignments) and
+// stats[kTopKStats] (coefficients as in TopKRouter), on the device.
+void topk_route_finalize(double* fraction, double* stats, const double* sums, int64_t N, int E,
+                         int k, double aux_coef, double z_coef, cudaStream_t stream);
+// dlogits[N,E] (overwritten) from dweights[N*k]; aux_scale = loss_scale * aux_coef * E / N,
+// z_scale = loss_scale * z_coef * 2 / N.
+void topk_route_backward(float* dlogits, const float* probs, const double* lse,
+                         const int64_t* offsets, const int32_t* experts, const float* dweights,
+                         const double* fraction, int64_t N, int E, bool renormalize,
+                         double aux_scale, double z_scale, cudaStream_t stream);
+
+// Variable-length routing: counts[N] (assignments per token) -> offsets[N+1] (exclusive scan,
+// one block, deterministic); then padded experts/weights [N, stride] -> the CSR arrays.
+void router_offsets(int64_t* offsets, const int32_t* counts, int64_t N, cudaStream_t stream);
+void router_compact(int32_t* experts, float* weights, const int32_t* padded_experts,
+                    const float* padded_weights, const int64_t* offsets, int64_t N, int stride,
+                    cudaStream_t stream);
+
+// dirmoe. Saved per-token rows: kDirMoERows arrays [N,E] of doubles in the order of
+// routing::DirMoERow (z, a_hi, a_lo, alpha, dlogg, g_s, r, dkl_q, dkl_p, soft), then sum_z[N] and
+// kept[N]. Stat rows [N, dirmoe_stat_columns(E)]: softmax(l) (E), dispatched (E, 0/1),
+// undispatched, kl, sparsity, sum_gates, entropy, near_binary, open, no_open, recon.
+constexpr int kDirMoERows = 10;
+constexpr int dirmoe_stat_columns(int E) { return 2 * E + 9; }
+// Statistics of dirmoe_route_finalize: aux loss (weighted), router loss (kl + recon + sparsity +
+// aux, weighted), mean active experts, undispatched, kl, recon, sparsity (weighted), sum_gates,
+// open_gates, no_open_gate, gate_entropy, near_binary, dead_experts (as DirMoERouter's scalars).
+constexpr int kDirMoEStats = 13;
+// Per-token scalars of the configuration (routing::DirMoETokenParams<double> as raw values, so
+// that this header stays free of kernels/routing).
+struct DirMoEKernelParams {
+  int E = 0, k = 1, max_active = 1;
+  double r_min = 0, tau = 1, lambda_q = 1, alpha_floor = 0;
+  double prior_a_hi = 1, prior_a_lo = 1, prior_lambda = 1;
+  bool noisy = true, hard = false, inverse = false, expected_count = false, renormalize = false;
+  // Philox keys (routing::NoiseKey): seed (salted), step, layer << 4 | purpose, global token 0.
+  uint64_t gate_seed = 0, gamma_seed = 0;
+  uint32_t step = 0, gate_layer_purpose = 0, gamma_layer_purpose = 0;
+  int64_t token0 = 0;
+};
+// u[N,3E] head outputs -> saved rows, r_t[N,E] (r in fp32 for the decoder), padded
+// experts/weights [N, max_active], counts[N], stat_rows (recon column left to
+// dirmoe_recon_forward).
+void dirmoe_route_forward(double* saved, float* r_t, int32_t* padded_experts, float* padded_weights,
+                          int32_t* counts, double* stat_rows, const float* u, int64_t N,
+                          const DirMoEKernelParams& p, int64_t* d_bad, cudaStream_t stream);
+// err[N,d] (holding r_t V^T) += b - h; the recon column of stat_rows = |err_t|^2 / d.
+void dirmoe_recon_forward(float* err, double* stat_rows, const float* bias, const float* h,
+                          int64_t N, int64_t d, int E, cudaStream_t stream);
+// From the column sums: fraction[E] (share of the dispatched pairs) and stats[kDirMoEStats].
+void dirmoe_route_finalize(double* fraction, double* stats, const double* sums, int64_t N, int E,
+                           double aux_coef, double beta, double recon_w, double lambda_s,
+                           cudaStream_t stream);
+// Backward of the reconstruction term: err *= scale (in place), dbias[d] += sum_t err.
+void dirmoe_recon_backward(float* err, float* dbias, double scale, int64_t N, int64_t d,
+                           cudaStream_t stream);
+// du[N,3E] (overwritten) from dr_t[N,E] (dL/dr of the reconstruction) and the routing's
+// dweights; scales as routing::DirMoEBackwardScales.
+void dirmoe_route_backward(float* du, const float* dr_t, const double* saved, const float* u,
+                           const int64_t* offsets, const int32_t* experts, const float* dweights,
+                           const double* fraction, int64_t N, const DirMoEKernelParams& p,
+                           double ks, double ss, double aux_scale, double dprior,
+                           cudaStream_t stream);
+
+// probmoe. Stat rows [N, probmoe_stat_columns(E)]: softmax (E), chosen (E, 0/1), lse^2, entropy of
+// sigmoid(l), near_binary, expected k, undispatched mass.
+constexpr int kProbMoEMaxK = 8;  // largest subset size the kernels' per-token tables hold
+constexpr int probmoe_stat_columns(int E) { return 2 * E + 5; }
+// Statistics of probmoe_route_finalize: aux loss, z-loss (weighted), mean active experts,
+// expected_k, undispatched_mass, gate_entropy, near_binary, dead_experts.
+constexpr int kProbMoEStats = 8;
+struct ProbMoEKernelParams {
+  int E = 0, k_lo = 1, k_hi = 1;  // subset sizes [k_lo, k_hi] (exact: k_lo = k_hi = k)
+  bool dynamic = false, training = true;
+  // Philox keys (routing::NoiseKey) of the subset and the size draws.
+  uint64_t subset_seed = 0, size_seed = 0;
+  uint32_t step = 0, subset_layer_purpose = 0, size_layer_purpose = 0;
+  int64_t token0 = 0;
+};
+// logits[N,E] -> softmax s[N,E], marginals mu[N,E], lse[N], padded experts/weights [N, k_hi]
+// (by decreasing weight, ties to the lower index), counts[N], stat_rows.
+void probmoe_route_forward(double* s, double* mu, double* lse, int32_t* padded_experts,
+                           float* padded_weights, int32_t* counts, double* stat_rows,
+                           const float* logits, int64_t N, const ProbMoEKernelParams& p,
+                           int64_t* d_bad, cudaStream_t stream);
+void probmoe_route_finalize(double* fraction, double* stats, const double* sums, int64_t N, int E,
+                            double aux_coef, double z_coef, cudaStream_t stream);
+// dlogits[N,E] (overwritten); aux_scale = loss_scale * aux_coef * E / N, z_scale = loss_scale *
+// z_coef * 2 / N.
+void probmoe_route_backward(float* dlogits, const float* logits, const double* s, const double* lse,
+                            const int64_t* offsets, const int32_t* experts, const float* dweights,
+                            const double* fraction, int64_t N, const ProbMoEKernelParams& p,
+                            double aux_scale, double z_scale, cudaStream_t stream);
+
 }  // namespace dirmoe::cuda

@@ -54,6 +54,8 @@ enum class Op {
   kCrossEntropy,
   kAdamW,
   kMoe,
+  kRouter,      // router outputs after the fp32 logits GEMM (probabilities, weights, loss terms)
+  kRouterMath,  // router kernels on the CPU's own logits: double math, libm last-bit differences
   kCount
 };
 
@@ -72,6 +74,8 @@ inline constexpr Tol kF32Tol[] = {
     /* kCrossEntropy */ {2e-5, 1e-5},
     /* kAdamW        */ {1e-6, 1e-5},
     /* kMoe          */ {1e-5, 1e-5},
+    /* kRouter       */ {2e-5, 1e-4},
+    /* kRouterMath   */ {1e-7, 1e-6},
 };
 // bf16 activations (8 significant bits) with fp32 accumulation: the output rounding dominates.
 inline constexpr Tol kBf16Tol[] = {
@@ -84,6 +88,8 @@ inline constexpr Tol kBf16Tol[] = {
     /* kCrossEntropy */ {2e-3, 1e-2},
     /* kAdamW        */ {1e-6, 1e-5},
     /* kMoe          */ {1e-2, 1e-2},
+    /* kRouter       */ {2e-5, 1e-4},  // the router runs fp32 on the bf16 input's exact values
+    /* kRouterMath   */ {1e-7, 1e-6},
 };
 static_assert(sizeof(kF32Tol) / sizeof(Tol) == static_cast<size_t>(Op::kCount));
 static_assert(sizeof(kBf16Tol) / sizeof(Tol) == static_cast<size_t>(Op::kCount));

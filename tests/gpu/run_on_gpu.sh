@@ -255,7 +255,7 @@ bench() {  # bench PRESET MAX
     dirmoe bench train --config "$ROOT/configs/llama185m-e8-$1.yaml" $BENCH_SETS --steps 5 --warmup 2
 }
 # The small cases for compute-sanitizer: each grid's odd, padded and edge shapes.
-SMALL='Grid/*one*:Grid/*odd*:Grid/*small*:Grid/*single*:Grid/*gqa_s67*:Grid/*hd32_s130*:Grid/*hd96*:Grid/*hd128_s200*:Grid/*hd64_s5_*:Grid/*padded*:Grid/*contiguous_ep2*:Grid/*uneven*:Grid/*capacity*:Grid/*no_tokens*:Grid/*rows_not*:Grid/*misaligned*:MoeCudaRegroup.*:*Edge*:AdamW*:GradNorm*'
+SMALL='Grid/*RouterCuda.*N7_*:TopKRouterKernels.*:Grid/*one*:Grid/*odd*:Grid/*small*:Grid/*single*:Grid/*gqa_s67*:Grid/*hd32_s130*:Grid/*hd96*:Grid/*hd128_s200*:Grid/*hd64_s5_*:Grid/*padded*:Grid/*contiguous_ep2*:Grid/*uneven*:Grid/*capacity*:Grid/*no_tokens*:Grid/*rows_not*:Grid/*misaligned*:MoeCudaRegroup.*:*Edge*:AdamW*:GradNorm*'
 RACE='Grid/AttentionCuda.*gqa_s67_f32:Grid/AttentionCuda.*gqa_s67_bf16:Grid/AttentionCuda.*hd128_b2_s130_mha_bf16:Grid/AttentionCuda.*hd32_s130_bf16:Grid/RmsNormCuda.*rows_not*:Grid/MoeCuda.*uneven*:Grid/CrossEntropyCuda.*padded_64*'
 # sanitizer TOOL FILTER MAX: test_kernels_cuda's small cases under compute-sanitizer.
 sanitizer() {
