@@ -10,6 +10,13 @@
 #include "runtime/data/indexed_dataset.h"
 #include "tests/data/data_test_util.h"
 
+// The tests' Python interpreter (DIRMOE_PYTHON from CTest: Debian's, which has numpy), else
+// python3.
+static std::string test_python() {
+  const char* p = std::getenv("DIRMOE_PYTHON");
+  return p != nullptr && *p != '\0' ? p : "python3";
+}
+
 namespace dirmoe::data {
 namespace {
 
@@ -294,7 +301,7 @@ TEST(TokenShard, ReadsShardsWrittenAsLlmcWritesThem) {
   for (const auto& c : cases) {
     const std::string path = dir / (std::string(c.desc) + ".bin");
     std::string cmd =
-        std::string("python3 ") + src + "/tests/data/write_llmc_shard.py " + path + " " + c.desc;
+        test_python() + " " + src + "/tests/data/write_llmc_shard.py " + path + " " + c.desc;
     for (int32_t t : c.tokens) cmd += " " + std::to_string(t);
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     EXPECT_TRUE(looks_like_token_shard(path)) << c.desc;

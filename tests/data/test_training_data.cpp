@@ -14,6 +14,13 @@
 #include "runtime/data/indexed_dataset.h"
 #include "tests/data/data_test_util.h"
 
+// The tests' Python interpreter (DIRMOE_PYTHON from CTest: Debian's, which has numpy), else
+// python3.
+static std::string test_python() {
+  const char* p = std::getenv("DIRMOE_PYTHON");
+  return p != nullptr && *p != '\0' ? p : "python3";
+}
+
 namespace dirmoe::data {
 namespace {
 
@@ -227,7 +234,7 @@ TEST(TrainingData, LlmcLlama3ShardDocumentsAreDelimitedByBeginOfText) {
   TempDir dir;
   const int32_t b = 128000;
   const std::vector<int32_t> tokens = {b, 70000, 1, 1, b, 2, 2, 2, 2, b, 3, 3, b, 128255, 4, 4, 4};
-  std::string cmd = std::string("python3 ") + src + "/tests/data/write_llmc_shard.py " +
+  std::string cmd = test_python() + " " + src + "/tests/data/write_llmc_shard.py " +
                     (dir / "l3.bin") + " llama-3";
   for (int32_t t : tokens) cmd += " " + std::to_string(t);
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;

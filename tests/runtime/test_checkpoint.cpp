@@ -346,10 +346,12 @@ TEST(HfExport, MixtralCheckpointGivesTheReferenceLogits) {
       std::string(std::getenv("DIRMOE_SOURCE_DIR")) + "/tests/runtime/hf_mixtral_reference.py";
   for (const fs::path& model : {out, single}) {
     const std::string log = (fs::path(dir) / (model.filename().string() + ".log")).string();
-    int rc = std::system(("python3 " + script + " " + model.string() + " " + tok.string() + " " +
-                          logits.string() + " " + std::to_string(B) + " " + std::to_string(S) +
-                          " > " + log + " 2>&1")
-                             .c_str());
+    const char* py = std::getenv("DIRMOE_PYTHON");
+    int rc =
+        std::system((std::string(py != nullptr && *py != '\0' ? py : "python3") + " " + script +
+                     " " + model.string() + " " + tok.string() + " " + logits.string() + " " +
+                     std::to_string(B) + " " + std::to_string(S) + " > " + log + " 2>&1")
+                        .c_str());
     std::ifstream lf(log);
     std::stringstream ss;
     ss << lf.rdbuf();
