@@ -173,7 +173,8 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"topk", "{type: topk, k: 2, aux_loss_coef: 0.01, z_loss_coef: 0.001}"},
         Case{"dirmoe", "{type: dirmoe, k: 2}"},
         Case{"probmoe_exact", "{type: probmoe, k: 2, probmoe: {mode: exact}}"},
-        Case{"probmoe_dynamic", "{type: probmoe, k: 2, probmoe: {mode: dynamic, k_min: 1, k_max: 3}}"}),
+        Case{"probmoe_dynamic", "{type: probmoe, k: 2, probmoe: {mode: dynamic, k_min: 1, k_max: 3}}"},
+        Case{"remoe", "{type: remoe, k: 1, remoe: {lambda_init: 0.05}}"}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace
