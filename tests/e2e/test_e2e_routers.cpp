@@ -75,9 +75,10 @@ const char* kProbDynamic =
     " --set moe.router.type=probmoe --set moe.router.probmoe.mode=dynamic"
     " --set moe.router.probmoe.k_min=1 --set moe.router.probmoe.k_max=3";
 
-// lambda_init large enough that the L1 term and the controller shape these 20 steps.
+// lambda_init large enough that the L1 term and the controller shape these 20 steps, small enough
+// that the gates stay open.
 const char* kReMoE =
-    " --set moe.router.type=remoe --set moe.router.k=1 --set moe.router.remoe.lambda_init=1e-2";
+    " --set moe.router.type=remoe --set moe.router.k=1 --set moe.router.remoe.lambda_init=1e-4";
 
 TEST(RouterEquivalence, ReMoEEp2EqualsOneRankWithAccumulation) {
   expect_same_losses(2, "remoe", kReMoE);
@@ -136,7 +137,7 @@ TEST(RouterMetrics, ReMoEFiguresPerLayerInMetricsAndOnTheConsole) {
   EXPECT_NE(r.output.find("no expert"), std::string::npos) << r.output;
   auto recs = records(dir);
   ASSERT_GE(recs.size(), 4u);
-  float lambda = 1e-2f;
+  float lambda = static_cast<float>(1e-4);
   for (const auto& rec : recs) {
     if (!rec.contains("loss")) continue;
     // The controller's trace from the recorded sparsity: times alpha below 7/8, else divided.
