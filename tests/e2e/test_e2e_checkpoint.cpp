@@ -101,7 +101,8 @@ TEST(Resume, ReMoEExactOnTwoRanksWithEp2) { exact_resume(2, kReMoE, "remoe_"); }
 TEST(Resume, ReMoECheckpointWithoutLambdaIsRefused) {
   require_corpus();
   fs::path dir = work_dir("remoe_nolambda");
-  Proc a = sh(mpiexec(1) + bin() + job(2, kReMoE) + " --run-dir " + dir.string());
+  const std::string remoe = std::string(kReMoE) + " --set parallel.ep=1";
+  Proc a = sh(mpiexec(1) + bin() + job(2, remoe) + " --run-dir " + dir.string());
   ASSERT_EQ(a.code, 0) << a.output;
   const fs::path state = dir / "checkpoints" / "step_2" / "trainer_state.json";
   std::ifstream in(state);
@@ -110,7 +111,7 @@ TEST(Resume, ReMoECheckpointWithoutLambdaIsRefused) {
   ASSERT_TRUE(st.contains("remoe_lambda"));
   st.erase("remoe_lambda");
   std::ofstream(state) << st.dump(2);
-  Proc b = sh(mpiexec(1) + bin() + job(4, kReMoE) + " --resume " +
+  Proc b = sh(mpiexec(1) + bin() + job(4, remoe) + " --resume " +
               (dir / "checkpoints" / "step_2").string() + " --run-dir " + dir.string());
   EXPECT_NE(b.code, 0) << b.output;
   EXPECT_TRUE(has(b, "remoe_lambda")) << b.output;
