@@ -29,9 +29,8 @@ void ReMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Ro
   DIRMOE_CHECK(N >= 0, "router ", weight_.name, ": negative token count ", N);
   DIRMOE_CHECK(N == 0 || h != nullptr, "router ", weight_.name, ": null input for ", N, " tokens");
   const int E = E_, k = cfg_.k;
-  lambda_ = ctx.remoe_lambda >= 0
-                ? ctx.remoe_lambda
-                : static_cast<double>(static_cast<float>(cfg_.remoe.lambda_init));
+  lambda_ = ctx.remoe_lambda >= 0 ? ctx.remoe_lambda
+                                  : static_cast<double>(static_cast<float>(cfg_.remoe.lambda_init));
   N_ = N;
   has_forward_ = true;
   h_.grow(N * d_);
@@ -80,14 +79,13 @@ void ReMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Ro
   stats_.mean_active = static_cast<double>(nnz) * inv_n;
   // NOTE: a micro-batch whose tokens all select no expert has nnz = 0: every figure stays finite
   // (sparsity 1, no_expert 1, L1 term 0) and the layer's MoE output is zero.
-  stats_.scalars = {
-      {"target_k", static_cast<double>(k)},
-      {"sparsity", N > 0 ? 1.0 - static_cast<double>(nnz) * inv_n / E : 0.0},
-      {"no_expert", static_cast<double>(none) * inv_n},
-      {"lambda", lambda_},
-      {"l1_reg", l1_},
-      {"l1_load", l1_unweighted},
-      {"gate_mean", nnz > 0 ? gate_total / static_cast<double>(nnz) : 0.0}};
+  stats_.scalars = {{"target_k", static_cast<double>(k)},
+                    {"sparsity", N > 0 ? 1.0 - static_cast<double>(nnz) * inv_n / E : 0.0},
+                    {"no_expert", static_cast<double>(none) * inv_n},
+                    {"lambda", lambda_},
+                    {"l1_reg", l1_},
+                    {"l1_load", l1_unweighted},
+                    {"gate_mean", nnz > 0 ? gate_total / static_cast<double>(nnz) : 0.0}};
 }
 
 template <class T>
@@ -95,8 +93,8 @@ void ReMoERouter<T>::backward(const T* dweights, double loss_scale, T* dh) {
   DIRMOE_CHECK(has_forward_, "router ", weight_.name, ": backward called before forward");
   const int64_t N = N_;
   if (N == 0) return;
-  DIRMOE_CHECK(dh != nullptr && (dweights != nullptr || experts_.empty()), "router ",
-               weight_.name, ": null dweights or dh");
+  DIRMOE_CHECK(dh != nullptr && (dweights != nullptr || experts_.empty()), "router ", weight_.name,
+               ": null dweights or dh");
   const int E = E_;
   dlogits_.grow(N * E);
   for (int64_t t = 0; t < N; ++t) {

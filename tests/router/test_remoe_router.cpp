@@ -84,7 +84,8 @@ TEST(ReMoERouter, ForwardMatchesPlainLoops) {
     }
     none += want_e.empty();
     nnz += static_cast<int64_t>(want_e.size());
-    ASSERT_EQ(r.offsets[t + 1] - r.offsets[t], static_cast<int64_t>(want_e.size())) << "token " << t;
+    ASSERT_EQ(r.offsets[t + 1] - r.offsets[t], static_cast<int64_t>(want_e.size()))
+        << "token " << t;
     for (size_t j = 0; j < want_e.size(); ++j) {
       EXPECT_EQ(r.experts[r.offsets[t] + j], want_e[j]);
       EXPECT_NEAR(r.weights[r.offsets[t] + j], want_w[j], 1e-14);
@@ -223,8 +224,8 @@ TEST(ReMoERouter, FloatRoutesLikeDouble) {
   for (int64_t i = 0; i < a.nnz(); ++i) EXPECT_NEAR(b.weights[i], a.weights[i], 1e-5);
 }
 
-// A scripted sparsity sequence: lambda_n = fp32(lambda_0) * fp32(alpha)^(ups_n - downs_n), each fp32
-// multiply or divide rounding by at most 2^-24 relative; ties (sparsity == target) go down.
+// A scripted sparsity sequence: lambda_n = fp32(lambda_0) * fp32(alpha)^(ups_n - downs_n), each
+// fp32 multiply or divide rounding by at most 2^-24 relative; ties (sparsity == target) go down.
 TEST(ReMoEController, FollowsTheClosedFormTrace) {
   const int E = 8;
   for (int k : {1, 2}) {
@@ -233,8 +234,8 @@ TEST(ReMoEController, FollowsTheClosedFormTrace) {
     const float alpha = static_cast<float>(1.2);
     float lambda = static_cast<float>(1e-8);
     std::vector<double> seq;
-    for (int i = 0; i < 60; ++i) seq.push_back(0.5);             // too dense: 60 ups
-    for (int i = 0; i < 7; ++i) seq.push_back(target);           // at the target: 7 downs
+    for (int i = 0; i < 60; ++i) seq.push_back(0.5);                 // too dense: 60 ups
+    for (int i = 0; i < 7; ++i) seq.push_back(target);               // at the target: 7 downs
     for (int i = 0; i < 40; ++i) seq.push_back(i % 3 ? 0.99 : 0.1);  // 26 downs, 14 ups
     int net = 0;
     double worst = 0;
@@ -251,9 +252,10 @@ TEST(ReMoEController, FollowsTheClosedFormTrace) {
       EXPECT_LE(rel, 1.01 * (n + 1) * 0x1p-24) << "step " << n;
     }
     EXPECT_EQ(net, 60 - 7 - 26 + 14);
-    std::printf("remoe controller k=%d: %zu steps, net %d ups, lambda %.6g, worst relative "
-                "distance to the closed form %.3g\n",
-                k, seq.size(), net, static_cast<double>(lambda), worst);
+    std::printf(
+        "remoe controller k=%d: %zu steps, net %d ups, lambda %.6g, worst relative "
+        "distance to the closed form %.3g\n",
+        k, seq.size(), net, static_cast<double>(lambda), worst);
   }
   // ~100 steps of growth for lambda_0 = 1e-8 to reach O(1): 1.2^101 = 9.9e7.
   float l = static_cast<float>(1e-8);
