@@ -89,8 +89,7 @@ void validate_remoe(const RouterConfig& cfg) {
   require(std::isfinite(l32) && l32 > 0, "moe.router.remoe.lambda_init",
           "must be a positive fp32 value (lambda is kept in fp32), got " + str(c.lambda_init));
   require(std::isfinite(c.alpha) && c.alpha > 1, "moe.router.remoe.alpha",
-          "must be > 1 (lambda is multiplied or divided by it once per step), got " +
-              str(c.alpha));
+          "must be > 1 (lambda is multiplied or divided by it once per step), got " + str(c.alpha));
   require(static_cast<float>(c.alpha) > 1.0f, "moe.router.remoe.alpha",
           "must stay > 1 in fp32, got " + str(c.alpha));
 }
@@ -98,10 +97,10 @@ void validate_remoe(const RouterConfig& cfg) {
 }  // namespace
 
 void validate_router_config(const RouterConfig& cfg, int64_t hidden, int num_experts) {
-  require(cfg.type == "topk" || cfg.type == "dirmoe" || cfg.type == "probmoe" ||
-              cfg.type == "remoe",
-          "moe.router.type",
-          "unknown router type '" + cfg.type + "' (available: topk, dirmoe, probmoe, remoe)");
+  require(
+      cfg.type == "topk" || cfg.type == "dirmoe" || cfg.type == "probmoe" || cfg.type == "remoe",
+      "moe.router.type",
+      "unknown router type '" + cfg.type + "' (available: topk, dirmoe, probmoe, remoe)");
   require(num_experts >= 1, "moe.num_experts", "must be >= 1, got " + str(num_experts));
   require(hidden >= 1, "model.hidden", "must be >= 1, got " + str(hidden));
   require(cfg.k >= 1 && cfg.k <= num_experts, "moe.router.k",

@@ -380,7 +380,8 @@ TrainerState Checkpointer<T>::load_local(const std::string& dir) {
     const float l32 = static_cast<float>(s.remoe_lambda);
     DIRMOE_CHECK(s.remoe_lambda > 0 && std::isfinite(l32) && l32 > 0 &&
                      static_cast<double>(l32) == s.remoe_lambda,
-                 "'", state_path, "': remoe_lambda (the ReMoE controller's fp32 lambda) is missing "
+                 "'", state_path,
+                 "': remoe_lambda (the ReMoE controller's fp32 lambda) is missing "
                  "or not a positive fp32 value");
   }
   DIRMOE_CHECK(s.step >= 0 && s.next_sample >= 0, "'", state_path, "': no valid step");

@@ -613,8 +613,8 @@ ParamCounts count_params(const Config& c) {
   const auto& m = c.model;
   int64_t d = m.hidden, hd = m.head_dim(), Vp = m.padded_vocab(), E = c.moe.num_experts;
   int64_t attn = d * (m.heads * hd) * 2 + d * (m.kv_heads * hd) * 2 + 2 * d;  // q,o,k,v, 2 norms
-  // topk, probmoe, remoe: gate logits [E, d] (remoe: k is its target). dirmoe: heads [3E, d] (l, a_hi, a_lo) and the
-  // reconstruction decoder [d, E] with bias [d].
+  // topk, probmoe, remoe: gate logits [E, d] (remoe: k is its target). dirmoe: heads [3E, d] (l,
+  // a_hi, a_lo) and the reconstruction decoder [d, E] with bias [d].
   int64_t router = c.moe.router.type == "dirmoe" ? 3 * E * d + E * d + d : E * d;
   int64_t expert = 3 * d * m.ffn_hidden;
   ParamCounts p;

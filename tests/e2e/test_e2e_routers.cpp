@@ -147,9 +147,9 @@ TEST(RouterMetrics, ReMoEFiguresPerLayerInMetricsAndOnTheConsole) {
     EXPECT_EQ(rec["remoe_lambda_next"].get<double>(), static_cast<double>(lambda));
     double mean_sparsity = 0;
     for (const auto& layer : rec["layers"]) {
-      for (const char* k : {"tokens_per_expert", "load_max_over_mean", "load_cv", "active_experts",
-                            "target_k", "sparsity", "no_expert", "lambda", "l1_reg", "l1_load",
-                            "gate_mean", "dead_experts"})
+      for (const char* k :
+           {"tokens_per_expert", "load_max_over_mean", "load_cv", "active_experts", "target_k",
+            "sparsity", "no_expert", "lambda", "l1_reg", "l1_load", "gate_mean", "dead_experts"})
         EXPECT_TRUE(layer.contains(k)) << k;
       EXPECT_EQ(layer["target_k"].get<double>(), 1.0);
       EXPECT_NEAR(layer["sparsity"].get<double>(),
@@ -198,10 +198,10 @@ TEST(RouterMetrics, ReMoELayerWithoutAnyExpertIsReportedAndHandled) {
 }
 
 TEST(RouterBadInput, ReMoEBadControllerEndsEveryRank) {
-  for (auto [set, key] : {std::pair{" --set moe.router.remoe.alpha=1", "moe.router.remoe.alpha"},
-                          {" --set moe.router.remoe.lambda_init=-1e-8",
-                           "moe.router.remoe.lambda_init"},
-                          {" --set moe.router.k=9", "moe.router.k"}}) {
+  for (auto [set, key] :
+       {std::pair{" --set moe.router.remoe.alpha=1", "moe.router.remoe.alpha"},
+        {" --set moe.router.remoe.lambda_init=-1e-8", "moe.router.remoe.lambda_init"},
+        {" --set moe.router.k=9", "moe.router.k"}}) {
     Proc r = sh(mpiexec(2) + bin() + small_job(2) + kReMoE + set + " --run-dir " +
                     work_dir("bad_remoe").string(),
                 60);

@@ -248,7 +248,8 @@ TEST(MoELayer, ReMoENoTokenRoutedGivesZeroOutput) {
   ASSERT_EQ(w->name, "layers.0.moe.router.weight");
   for (int64_t i = 0; i < w->numel(); ++i) w->value[i] = -std::abs(w->value[i]) - 0.1f;
   std::vector<float> x(N * d), y(N * d, 1.0f), dx(N * d, 1.0f), g(N * d, 1.0f);
-  for (int64_t i = 0; i < N * d; ++i) x[i] = std::abs(static_cast<float>(testing::normal_at(5, 0, i)));
+  for (int64_t i = 0; i < N * d; ++i)
+    x[i] = std::abs(static_cast<float>(testing::normal_at(5, 0, i)));
   moe.forward(x.data(), y.data(), N, RouterContext{});
   EXPECT_EQ(moe.routing().nnz(), 0);
   EXPECT_EQ(moe.stats().received, 0);
