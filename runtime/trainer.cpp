@@ -11,21 +11,22 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "kernels/cpu/ops.h"
-#include "router/remoe_math.h"
-#include "runtime/checkpoint.h"
 #include "runtime/core/error.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/trace.h"
 #include "runtime/data/dataset.h"
+#include "router/remoe_math.h"
+#include "runtime/checkpoint.h"
 #include "runtime/model.h"
+#include "runtime/resilience.h"
 #include "runtime/monitor.h"
 #include "runtime/profiler.h"
-#include "runtime/resilience.h"
 #include "runtime/schedule.h"
 
 namespace dirmoe {
