@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One table from dirmoe run directories (metrics.jsonl): final train loss (mean of the last 10
-steps) and eval loss, active experts per token (mean and per layer, last 10 steps), the worst
-layer's load max/mean and CV (mean of the last 10 steps), dead experts at the end, median tokens/s.
+steps) and eval loss, active experts per token (mean and per layer, last 10 steps; and the mean
+over the whole run), the share of tokens without an expert, the worst layer's load max/mean and
+CV (mean of the last 10 steps), dead experts at the end, median tokens/s.
   python3 bench/compare/compare_table.py [--k K] RUN_DIR...   (a directory of run directories too)
 """
 import argparse
@@ -40,6 +41,7 @@ def summary(run_dir, last=10):
         "train": statistics.fmean(r["loss"] for r in tail),
         "eval": evals[-1] if evals else float("nan"),
         "active": statistics.fmean(r["active_experts"] for r in tail),
+        "active_run": statistics.fmean(r["active_experts"] for r in steps),
         "per_layer": per_layer,
         "no_expert": statistics.fmean(
             statistics.fmean(l.get("no_expert", 0.0) for l in r["layers"]) for r in tail),
@@ -66,13 +68,16 @@ def main():
             raise SystemExit(f"compare_table: {d}: no metrics.jsonl")
     rows = [summary(d) for d in dirs]
     if a.k is not None:
-        print(f"budget k = {a.k}; train loss and figures: mean of the last 10 steps; eval: last")
-    print("| router | steps | train loss | eval loss | experts/token | per layer | no expert |"
+        print(f"budget k = {a.k}; train loss and figures: mean of the last 10 steps (whole run: every"
+              " step); eval: last")
+    print("| router | steps | train loss | eval loss | experts/token | per layer | whole run |"
+          " no expert |"
           " load max/mean | load CV | dead experts | tokens/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['router']} | {r['steps']} | {r['train']:.3f} | {r['eval']:.3f} |"
               f" {r['active']:.2f} | {' / '.join(f'{v:.2f}' for v in r['per_layer'])} |"
+              f" {r['active_run']:.2f} |"
               f" {100 * r['no_expert']:.1f}% | {r['load']:.2f} | {r['cv']:.2f} | {r['dead']} |"
               f" {r['tok_s']:.0f} |")
 
