@@ -23,6 +23,7 @@
 #include "experts/placement.h"
 #include "kernels/cuda/api_counters.h"
 #include "launch/commands.h"
+#include "router/remoe_math.h"
 #include "runtime/config.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/error.h"
@@ -83,10 +84,15 @@ int bench(const Config& cfg, const BenchTrainOptions& opt, MpiRuntime& mpi,
   std::vector<int32_t> tokens(static_cast<size_t>(B * (S + 1)));
   double active_sum = 0;  // mean active experts per token, summed over layers and timed steps
   double last_loss = 0;
+  // ReMoE: the trainer's controller (one fp32 lambda, updated once per step from the zero-gate
+  // share over layers, micro-batches and ranks), so active experts settle as in training.
+  const bool remoe = cfg.moe.router.type == "remoe";
+  float remoe_lambda = static_cast<float>(cfg.moe.router.remoe.lambda_init);
   auto one_step = [&](int64_t step, bool timed) {
     trace::Scope step_scope(trace::Phase::kStep);
     model.zero_grad();
     double loss = 0;
+    int64_t nnz = 0;
     for (int a = 0; a < t.grad_accum; ++a) {
       const int64_t g = step * t.grad_accum * W + static_cast<int64_t>(a) * W + rank;
       PhiloxStream rng{t.seed ^ 0x5eedULL, static_cast<uint32_t>(g)};
@@ -94,10 +100,21 @@ int bench(const Config& cfg, const BenchTrainOptions& opt, MpiRuntime& mpi,
         tokens[i] = static_cast<int32_t>(
             rng.uniform(static_cast<uint32_t>(i), static_cast<uint32_t>(g >> 32), 0) *
             static_cast<double>(V));
-      const RouterContext ctx{t.seed, step, 0, g * B * S, true};
+      RouterContext ctx{t.seed, step, 0, g * B * S, true};
+      ctx.remoe_lambda = static_cast<double>(remoe_lambda);
       loss += model.forward_backward(tokens.data(), B, ctx, 1.0 / (t.grad_accum * W), true).ce_loss;
       if (timed)
         for (int l = 0; l < L; ++l) active_sum += model.moe_stats(l).router.mean_active;
+      for (int l = 0; l < L && remoe; ++l)
+        for (int64_t c : model.moe_stats(l).tokens_per_expert) nnz += c;
+    }
+    if (remoe) {
+      world.all_reduce(&nnz, 1, DType::kI64, ReduceOp::kSum);
+      const double slots = static_cast<double>(L) * cfg.moe.num_experts *
+                           static_cast<double>(B * S * t.grad_accum * W);
+      remoe_lambda = remoe_next_lambda(remoe_lambda, 1.0 - static_cast<double>(nnz) / slots,
+                                       remoe_target_sparsity(cfg.moe.router.k, cfg.moe.num_experts),
+                                       static_cast<float>(cfg.moe.router.remoe.alpha));
     }
     trace::Scope optimizer_scope(trace::Phase::kOptimizer);
     const double gnorm = optimizer.reduce_gradients();

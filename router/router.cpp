@@ -7,6 +7,7 @@
 #include "router/dirichlet.h"
 #include "router/dirmoe_router.h"
 #include "router/probmoe_router.h"
+#include "router/remoe_router.h"
 #include "router/topk_router.h"
 #include "runtime/core/error.h"
 
@@ -80,11 +81,26 @@ void validate_probmoe(const RouterConfig& cfg, int E) {
           "must not exceed moe.router.probmoe.k_max = " + str(c.k_max) + ", got " + str(c.k_min));
 }
 
+void validate_remoe(const RouterConfig& cfg) {
+  const ReMoEConfig& c = cfg.remoe;
+  require(std::isfinite(c.lambda_init) && c.lambda_init > 0, "moe.router.remoe.lambda_init",
+          "must be > 0 (lambda is only ever multiplied or divided), got " + str(c.lambda_init));
+  const float l32 = static_cast<float>(c.lambda_init);
+  require(std::isfinite(l32) && l32 > 0, "moe.router.remoe.lambda_init",
+          "must be a positive fp32 value (lambda is kept in fp32), got " + str(c.lambda_init));
+  require(std::isfinite(c.alpha) && c.alpha > 1, "moe.router.remoe.alpha",
+          "must be > 1 (lambda is multiplied or divided by it once per step), got " + str(c.alpha));
+  require(static_cast<float>(c.alpha) > 1.0f, "moe.router.remoe.alpha",
+          "must stay > 1 in fp32, got " + str(c.alpha));
+}
+
 }  // namespace
 
 void validate_router_config(const RouterConfig& cfg, int64_t hidden, int num_experts) {
-  require(cfg.type == "topk" || cfg.type == "dirmoe" || cfg.type == "probmoe", "moe.router.type",
-          "unknown router type '" + cfg.type + "' (available: topk, dirmoe, probmoe)");
+  require(
+      cfg.type == "topk" || cfg.type == "dirmoe" || cfg.type == "probmoe" || cfg.type == "remoe",
+      "moe.router.type",
+      "unknown router type '" + cfg.type + "' (available: topk, dirmoe, probmoe, remoe)");
   require(num_experts >= 1, "moe.num_experts", "must be >= 1, got " + str(num_experts));
   require(hidden >= 1, "model.hidden", "must be >= 1, got " + str(hidden));
   require(cfg.k >= 1 && cfg.k <= num_experts, "moe.router.k",
@@ -95,6 +111,7 @@ void validate_router_config(const RouterConfig& cfg, int64_t hidden, int num_exp
           "must be finite and >= 0, got " + str(cfg.z_loss_coef));
   if (cfg.type == "dirmoe") validate_dirmoe(cfg, num_experts);
   if (cfg.type == "probmoe") validate_probmoe(cfg, num_experts);
+  if (cfg.type == "remoe") validate_remoe(cfg);
 }
 
 template <class T>
@@ -106,6 +123,8 @@ std::unique_ptr<Router<T>> make_router(const RouterConfig& cfg, int64_t hidden, 
     return std::make_unique<DirMoERouter<T>>(cfg, hidden, num_experts, prefix);
   if (cfg.type == "probmoe")
     return std::make_unique<ProbMoERouter<T>>(cfg, hidden, num_experts, prefix);
+  if (cfg.type == "remoe")
+    return std::make_unique<ReMoERouter<T>>(cfg, hidden, num_experts, prefix);
   DIRMOE_FAIL("moe.router.type: unknown router type '", cfg.type, "'");
 }
 

@@ -33,6 +33,9 @@ struct RouterContext {
   int layer = 0;
   int64_t global_token0 = 0;  // global index of the first token of this micro-batch
   bool training = true;
+  // ReMoE: the L1 weight lambda of this step (the trainer's controller, fp32 value); < 0 means
+  // moe.router.remoe.lambda_init. Other routers ignore it.
+  double remoe_lambda = -1;
 };
 
 // DirMoE (DESIGN.md section 4): Bernoulli gates z relaxed as sigmoid((l + g) / tau), Dirichlet
@@ -79,16 +82,25 @@ struct ProbMoEConfig {
   int k_max = 2;
 };
 
+// ReMoE: R = ReLU(h W), expert e active iff R_e > 0 with weight R_e; an L1 term weighted by the
+// load, lambda E sum_e mean_t(R_te) n_e / (N k), whose lambda the trainer steers once per step
+// toward the sparsity 1 - k/E (times alpha below it, divided by alpha at or above it).
+struct ReMoEConfig {
+  double lambda_init = 1e-8;  // lambda_0
+  double alpha = 1.2;         // multiplier per step, > 1
+};
+
 // Typed router configuration, validated by validate_router_config (the config loader calls it).
 struct RouterConfig {
-  std::string type = "topk";    // topk | dirmoe | probmoe
-  int k = 2;                    // topk/probmoe exact: experts per token; dirmoe: target k
+  std::string type = "topk";    // topk | dirmoe | probmoe | remoe
+  int k = 2;                    // topk/probmoe exact: experts per token; dirmoe, remoe: target k
   bool renormalize = false;     // topk: renormalise the k probabilities to sum 1; dirmoe:
                                 // renormalise r over the dispatched experts
   double aux_loss_coef = 1e-2;  // Switch load-balancing loss coefficient (every router)
   double z_loss_coef = 0.0;     // router z-loss coefficient (0 = off; topk, probmoe)
   DirMoEConfig dirmoe;
   ProbMoEConfig probmoe;
+  ReMoEConfig remoe;
 };
 
 struct RouterStats {

@@ -294,6 +294,7 @@ std::string Checkpointer<T>::save(const TrainerState& state) {
           {"philox", {{"key", state.seed}, {"counters", "(step, layer, global token, expert)"}}},
           {"lr", state.lr},
           {"consecutive_nonfinite", state.consecutive_nonfinite},
+          {"remoe_lambda", state.remoe_lambda},
           {"dtype", cfg_.model.dtype},
           {"ep", ep},
           {"world_size", world_.size()},
@@ -372,6 +373,17 @@ TrainerState Checkpointer<T>::load_local(const std::string& dir) {
   s.seed = st.value("seed", uint64_t{0});
   s.lr = st.value("lr", 0.0);
   s.consecutive_nonfinite = st.value("consecutive_nonfinite", 0);
+  s.remoe_lambda = st.contains("remoe_lambda") && st["remoe_lambda"].is_number()
+                       ? st["remoe_lambda"].get<double>()
+                       : -1.0;
+  if (cfg_.moe.router.type == "remoe") {
+    const float l32 = static_cast<float>(s.remoe_lambda);
+    DIRMOE_CHECK(s.remoe_lambda > 0 && std::isfinite(l32) && l32 > 0 &&
+                     static_cast<double>(l32) == s.remoe_lambda,
+                 "'", state_path,
+                 "': remoe_lambda (the ReMoE controller's fp32 lambda) is missing "
+                 "or not a positive fp32 value");
+  }
   DIRMOE_CHECK(s.step >= 0 && s.next_sample >= 0, "'", state_path, "': no valid step");
   const int64_t gb = cfg_.train.micro_batch * cfg_.train.grad_accum * world_.size();
   DIRMOE_CHECK(s.global_batch == gb, "'", state_path, "': the checkpoint was trained with ",

@@ -27,6 +27,8 @@ struct TrainerState {
   uint64_t seed = 0;         // Philox key; the counters are (step, layer, global token, expert)
   double lr = 0;             // learning rate of the last step
   int consecutive_nonfinite = 0;
+  // ReMoE: the controller's lambda for the next step (an fp32 value); -1 for other routers.
+  double remoe_lambda = -1;
 };
 
 // The directory checkpoints go to: checkpoint.dir, default RUN_DIR/checkpoints.

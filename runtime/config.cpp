@@ -26,6 +26,7 @@ const std::set<std::string>& sections() {
                                           "moe.router.dirmoe",
                                           "moe.router.dirmoe.prior",
                                           "moe.router.probmoe",
+                                          "moe.router.remoe",
                                           "parallel",
                                           "experts",
                                           "train",
@@ -204,6 +205,9 @@ const std::map<std::string, Setter>& schema() {
       F("moe.router.probmoe.mode", c.moe.router.probmoe.mode = as<std::string>(n, "exact|dynamic")),
       F("moe.router.probmoe.k_min", c.moe.router.probmoe.k_min = as<int>(n, "an integer")),
       F("moe.router.probmoe.k_max", c.moe.router.probmoe.k_max = as<int>(n, "an integer")),
+      F("moe.router.remoe.lambda_init",
+        c.moe.router.remoe.lambda_init = as<double>(n, "a number")),
+      F("moe.router.remoe.alpha", c.moe.router.remoe.alpha = as<double>(n, "a number")),
       F("parallel.ep", c.parallel.ep = as<int>(n, "an integer")),
       F("experts.placement", c.parallel.placement = parse_placement(n)),
       F("train.micro_batch", c.train.micro_batch = as<int64_t>(n, "an integer")),
@@ -538,6 +542,10 @@ std::string to_yaml(const Config& c) {
   y << YAML::Key << "k_min" << YAML::Value << c.moe.router.probmoe.k_min;
   y << YAML::Key << "k_max" << YAML::Value << c.moe.router.probmoe.k_max;
   y << YAML::EndMap;
+  y << YAML::Key << "remoe" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "lambda_init" << YAML::Value << c.moe.router.remoe.lambda_init;
+  y << YAML::Key << "alpha" << YAML::Value << c.moe.router.remoe.alpha;
+  y << YAML::EndMap;
   y << YAML::EndMap << YAML::EndMap;
   y << YAML::Key << "parallel" << YAML::Value << YAML::BeginMap;
   y << YAML::Key << "ep" << YAML::Value << c.parallel.ep << YAML::EndMap;
@@ -607,8 +615,8 @@ ParamCounts count_params(const Config& c) {
   const auto& m = c.model;
   int64_t d = m.hidden, hd = m.head_dim(), Vp = m.padded_vocab(), E = c.moe.num_experts;
   int64_t attn = d * (m.heads * hd) * 2 + d * (m.kv_heads * hd) * 2 + 2 * d;  // q,o,k,v, 2 norms
-  // topk, probmoe: gate logits [E, d]. dirmoe: heads [3E, d] (l, a_hi, a_lo) and the
-  // reconstruction decoder [d, E] with bias [d].
+  // topk, probmoe, remoe: gate logits [E, d] (remoe: k is its target). dirmoe: heads [3E, d] (l,
+  // a_hi, a_lo) and the reconstruction decoder [d, E] with bias [d].
   int64_t router = c.moe.router.type == "dirmoe" ? 3 * E * d + E * d + d : E * d;
   int64_t expert = 3 * d * m.ffn_hidden;
   ParamCounts p;

@@ -61,6 +61,7 @@ LoadMonitor::LoadMonitor(const MonitorConfig& cfg, const Placement& placement, i
   above_.assign(L_, 0);
   warned_.assign(L_, false);
   zero_run_.assign(L_, std::vector<int64_t>(E_, 0));
+  empty_run_.assign(L_, 0);
 }
 
 void LoadMonitor::begin_step() { std::fill(local_.begin(), local_.end(), 0); }
@@ -90,10 +91,30 @@ std::string LoadMonitor::finish_step(int64_t step, const int64_t* counts, nlohma
   double worst_ratio = -1, worst_rank_ratio = 0;
   int64_t dead_total = 0;
   std::string fragment;
+  std::vector<int> empty_layers;
   for (int l = 0; l < L_; ++l) {
     const int64_t* tpe = counts + static_cast<size_t>(l) * E_;
     const int64_t* rank_rows = local_.data() + static_cast<size_t>(l) * W_;
     const LoadStats ex = load_stats(tpe, E_);
+    int64_t routed = 0;
+    for (int e = 0; e < E_; ++e) routed += tpe[e];
+    // A router that may give a token no expert (remoe) can give none to every token of a layer:
+    // the layer's MoE output is then zero (the loads above are 0, never 0/0).
+    if (routed == 0) {
+      empty_layers.push_back(l);
+      if (empty_run_[l]++ == 0 && rank_ == 0)
+        log_message(LogLevel::kWarn, false,
+                    "monitor: step " + std::to_string(step) + ": layer " + std::to_string(l) +
+                        ": no token of the global batch selected any expert; the layer's MoE "
+                        "output is zero and its router gets no gradient from the loss");
+    } else {
+      if (empty_run_[l] > 0 && rank_ == 0)
+        log_message(LogLevel::kInfo, false,
+                    "monitor: step " + std::to_string(step) + ": layer " + std::to_string(l) +
+                        " routes tokens again after " + std::to_string(empty_run_[l]) +
+                        " step(s) without any");
+      empty_run_[l] = 0;
+    }
     const LoadStats rk = load_stats(rank_rows, W_);
     auto& lj = layers[l];
     lj["load_cv"] = ex.cv;
@@ -168,6 +189,7 @@ std::string LoadMonitor::finish_step(int64_t step, const int64_t* counts, nlohma
   rec["worst_layer"] = worst;
   rec["rank_max_over_mean"] = worst_rank_ratio;
   rec["dead_experts"] = dead_total;
+  if (!empty_layers.empty()) rec["layers_without_tokens"] = empty_layers;
   return fragment;
 }
 

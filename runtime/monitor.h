@@ -61,6 +61,7 @@ class LoadMonitor {
   std::vector<int64_t> above_;                  // [L] consecutive steps above the bound
   std::vector<bool> warned_;                    // [L] warning given in the current episode
   std::vector<std::vector<int64_t>> zero_run_;  // [L][E] consecutive steps with no tokens
+  std::vector<int64_t> empty_run_;              // [L] consecutive steps with no routed token
 };
 
 }  // namespace dirmoe

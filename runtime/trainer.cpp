@@ -21,6 +21,7 @@
 #include "runtime/core/logging.h"
 #include "runtime/core/trace.h"
 #include "runtime/data/dataset.h"
+#include "router/remoe_math.h"
 #include "runtime/checkpoint.h"
 #include "runtime/model.h"
 #include "runtime/resilience.h"
@@ -125,6 +126,7 @@ class Trainer {
       if (ckpt_->resume(cfg_.checkpoint.resume, &st, &from)) {
         first = st.step;
         nonfinite_ = st.consecutive_nonfinite;
+        if (remoe_) remoe_lambda_ = static_cast<float>(st.remoe_lambda);
         log_info("resumed from ", from, " at step ", first);
       }
     }
@@ -160,6 +162,7 @@ class Trainer {
         int64_t g = step * t.grad_accum * W_ + static_cast<int64_t>(a) * W_ + rank_;
         load_batch(*train_data_, g * B);
         RouterContext ctx{t.seed, step, 0, g * B * S, true};
+        ctx.remoe_lambda = static_cast<double>(remoe_lambda_);
         MicroBatchResult r = model_->forward_backward(tokens_.data(), B, ctx, scale, true);
         if (a == 0) fault_.maybe_fire(rank_, step + 1);
         observe_micro_batch(g * B);
@@ -186,6 +189,19 @@ class Trainer {
       }
       world_.all_reduce(scalars.data(), scalars.size(), DType::kF64, ReduceOp::kSum);
       world_.all_reduce(counts.data(), counts.size(), DType::kI64, ReduceOp::kSum);
+      // ReMoE controller: the share of zero gates over every layer, micro-batch and rank (from the
+      // reduced integer counts, so the comparison with 1 - k/E is exact), one update per step.
+      const float lambda_used = remoe_lambda_;
+      double sparsity = 0;
+      if (remoe_) {
+        int64_t nnz = 0;
+        for (int64_t i = 0; i < static_cast<int64_t>(L) * E; ++i) nnz += counts[i];
+        const double slots = static_cast<double>(L) * E * static_cast<double>(global_tokens);
+        sparsity = 1.0 - static_cast<double>(nnz) / slots;
+        remoe_lambda_ =
+            remoe_next_lambda(remoe_lambda_, sparsity, remoe_target_sparsity(cfg_.moe.router.k, E),
+                              static_cast<float>(cfg_.moe.router.remoe.alpha));
+      }
       for (auto* p : params_)
         if (fault_.poisons(p->name, step + 1)) p->grad[0] = std::numeric_limits<T>::quiet_NaN();
       monitor_->reduce(world_);
@@ -240,6 +256,11 @@ class Trainer {
       rec["layers"] = layers;
       rec["load_max_over_mean"] = worst;
       rec["active_experts"] = mean_active;
+      if (remoe_) {
+        rec["sparsity"] = sparsity;
+        rec["remoe_lambda"] = static_cast<double>(lambda_used);
+        rec["remoe_lambda_next"] = static_cast<double>(remoe_lambda_);
+      }
       if (!finite) rec["skipped"] = true;
       const std::string load_line = monitor_->finish_step(step + 1, counts.data(), rec);
       if (profiled) rec["alltoall_time_s"] = alltoall_s;
@@ -290,6 +311,9 @@ class Trainer {
            ", binary " + fixed(100 * mean("near_binary"), 0) + "%)";
     else if (cfg_.moe.router.type == "probmoe")
       s += " (E[k] " + fixed(mean("expected_k"), 2) + ")";
+    else if (cfg_.moe.router.type == "remoe")
+      s += " (sparsity " + fixed(mean("sparsity"), 3) + ", lambda " + sci(mean("lambda")) +
+           ", no expert " + fixed(100 * mean("no_expert"), 1) + "%)";
     return s;
   }
   static std::string sci(double v) {
@@ -320,6 +344,7 @@ class Trainer {
       st.seed = cfg_.train.seed;
       st.lr = lr;
       st.consecutive_nonfinite = nonfinite_;
+      if (remoe_) st.remoe_lambda = static_cast<double>(remoe_lambda_);
       auto t0 = Clock::now();
       std::string path = ckpt_->save(st);
       double secs = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -470,6 +495,9 @@ class Trainer {
   std::unique_ptr<Checkpointer<T>> ckpt_;
   FaultPlan fault_;
   int nonfinite_ = 0;  // consecutive non-finite steps
+  // ReMoE: one lambda for every layer, in fp32, updated once per optimizer step.
+  bool remoe_ = cfg_.moe.router.type == "remoe";
+  float remoe_lambda_ = static_cast<float>(cfg_.moe.router.remoe.lambda_init);
   std::unique_ptr<LoadMonitor> monitor_;
   std::unique_ptr<Profiler> profiler_;
 };

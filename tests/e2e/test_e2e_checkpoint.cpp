@@ -42,11 +42,11 @@ std::string job(int steps, const std::string& extra = "") {
          " --set train.log_interval=1 --set train.warmup=2" + extra;
 }
 
-void exact_resume(int np) {
+void exact_resume(int np, const std::string& router = "", const std::string& tag = "") {
   require_corpus();
-  const std::string ep = " --set parallel.ep=" + std::to_string(np);
-  fs::path full = work_dir("full_ep" + std::to_string(np)),
-           part = work_dir("part_ep" + std::to_string(np));
+  const std::string ep = " --set parallel.ep=" + std::to_string(np) + router;
+  fs::path full = work_dir(tag + "full_ep" + std::to_string(np)),
+           part = work_dir(tag + "part_ep" + std::to_string(np));
   Proc a = sh(mpiexec(np) + bin() + job(6, ep) + " --run-dir " + full.string());
   ASSERT_EQ(a.code, 0) << a.output;
   Proc b = sh(mpiexec(np) + bin() + job(6, ep + " --set train.stop_at=3") + " --run-dir " +
@@ -67,13 +67,56 @@ void exact_resume(int np) {
     equal += la[s] == lb[s];
   }
   std::printf(
-      "EP=%d on %d rank(s): stopped at step 3 and resumed: %d/6 per-step losses bit-identical "
+      "%sEP=%d on %d rank(s): stopped at step 3 and resumed: %d/6 per-step losses bit-identical "
       "to the uninterrupted run (step 6: %.17g vs %.17g)\n",
-      np, np, equal, lb[6], la[6]);
+      tag.c_str(), np, np, equal, lb[6], la[6]);
+  if (router.find("remoe") == std::string::npos) return;
+  // The controller's lambda comes back from the checkpoint: the same value at every step.
+  auto ra = records(full), rb = records(part);
+  std::map<int, double> lam_a, lam_b;
+  for (const auto& r : ra)
+    if (r.contains("remoe_lambda")) lam_a[r["step"].get<int>()] = r["remoe_lambda"].get<double>();
+  for (const auto& r : rb)
+    if (r.contains("remoe_lambda")) lam_b[r["step"].get<int>()] = r["remoe_lambda"].get<double>();
+  ASSERT_EQ(lam_a.size(), 6u);
+  EXPECT_EQ(lam_a, lam_b);
+  EXPECT_NE(lam_a[4], 0.5) << "lambda must have moved away from lambda_init by step 4";
+  std::printf("%slambda at steps 1..6:", tag.c_str());
+  for (const auto& [s, v] : lam_b) std::printf(" %.6g", v);
+  std::printf("\n");
 }
+
+// lambda_init and alpha chosen so that the L1 term moves the weights and the controller's lambda
+// changes every step: a resume that lost lambda would not reproduce the losses.
+const char* kReMoE =
+    " --set moe.router.type=remoe --set moe.router.k=1 --set moe.router.remoe.lambda_init=0.5"
+    " --set moe.router.remoe.alpha=2";
 
 TEST(Resume, ExactOnOneRank) { exact_resume(1); }
 TEST(Resume, ExactOnTwoRanksWithEp2) { exact_resume(2); }
+TEST(Resume, ReMoEExactOnOneRank) { exact_resume(1, kReMoE, "remoe_"); }
+TEST(Resume, ReMoEExactOnTwoRanksWithEp2) { exact_resume(2, kReMoE, "remoe_"); }
+
+// A ReMoE checkpoint without the controller's lambda is refused by name (auto falls back).
+TEST(Resume, ReMoECheckpointWithoutLambdaIsRefused) {
+  require_corpus();
+  fs::path dir = work_dir("remoe_nolambda");
+  const std::string remoe = std::string(kReMoE) + " --set parallel.ep=1";
+  Proc a = sh(mpiexec(1) + bin() + job(2, remoe) + " --run-dir " + dir.string());
+  ASSERT_EQ(a.code, 0) << a.output;
+  const fs::path state = dir / "checkpoints" / "step_2" / "trainer_state.json";
+  std::ifstream in(state);
+  nlohmann::json st = nlohmann::json::parse(in);
+  in.close();
+  ASSERT_TRUE(st.contains("remoe_lambda"));
+  st.erase("remoe_lambda");
+  std::ofstream(state) << st.dump(2);
+  Proc b = sh(mpiexec(1) + bin() + job(4, remoe) + " --resume " +
+              (dir / "checkpoints" / "step_2").string() + " --run-dir " + dir.string());
+  EXPECT_NE(b.code, 0) << b.output;
+  EXPECT_TRUE(has(b, "remoe_lambda")) << b.output;
+  EXPECT_TRUE(has(b, "trainer_state.json")) << b.output;
+}
 
 TEST(Resume, ReshardingEp2ToEp4AndEp1GivesTheSameNextStepLoss) {
   require_corpus();

@@ -1,4 +1,4 @@
-// End-to-end tests of the dirmoe and probmoe routers through the `dirmoe` executable under
+// End-to-end tests of the dirmoe, probmoe and remoe routers through the `dirmoe` executable under
 // mpiexec: EP=N on N ranks equals one rank with N-fold gradient accumulation step for step (router
 // noise is keyed by global token), and the per-layer router figures reach metrics.jsonl.
 #include <gtest/gtest.h>
@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "e2e_util.h"
@@ -50,6 +51,17 @@ void expect_same_losses(int np, const std::string& name, const std::string& rout
   const double act_a = ra_rec.back()["active_experts"].get<double>();
   const double act_b = rb_rec.back()["active_experts"].get<double>();
   EXPECT_NEAR(act_a, act_b, 1e-9) << "the routing itself must agree";
+  if (ra_rec.back().contains("remoe_lambda")) {  // the controller saw the same sparsity
+    int same = 0;
+    for (size_t i = 0; i < ra_rec.size(); ++i) {
+      if (!ra_rec[i].contains("remoe_lambda")) continue;
+      EXPECT_EQ(ra_rec[i]["remoe_lambda"].get<double>(), rb_rec[i]["remoe_lambda"].get<double>())
+          << "step " << ra_rec[i]["step"];
+      same += ra_rec[i]["remoe_lambda"] == rb_rec[i]["remoe_lambda"];
+    }
+    std::printf("%s: remoe lambda equal on %d steps, last %.6g\n", name.c_str(), same,
+                ra_rec.back()["remoe_lambda"].get<double>());
+  }
   std::printf(
       "%s: EP=%d on %d ranks vs 1 rank x %d accumulation: 20 steps, loss %.6f -> %.6f, "
       "worst relative difference %.3g, active experts %.4f vs %.4f\n",
@@ -65,6 +77,18 @@ const char* kProbExact = " --set moe.router.type=probmoe --set moe.router.k=2";
 const char* kProbDynamic =
     " --set moe.router.type=probmoe --set moe.router.probmoe.mode=dynamic"
     " --set moe.router.probmoe.k_min=1 --set moe.router.probmoe.k_max=3";
+
+// lambda_init large enough that the L1 term and the controller shape these 20 steps, small enough
+// that the gates stay open.
+const char* kReMoE =
+    " --set moe.router.type=remoe --set moe.router.k=1 --set moe.router.remoe.lambda_init=1e-4";
+
+TEST(RouterEquivalence, ReMoEEp2EqualsOneRankWithAccumulation) {
+  expect_same_losses(2, "remoe", kReMoE);
+}
+TEST(RouterEquivalence, ReMoEEp4EqualsOneRankWithAccumulation) {
+  expect_same_losses(4, "remoe", kReMoE);
+}
 
 TEST(RouterEquivalence, DirMoEEp2EqualsOneRankWithAccumulation) {
   expect_same_losses(2, "dirmoe", kDirMoE);
@@ -105,6 +129,89 @@ TEST(RouterMetrics, DirMoEFiguresPerLayerInMetrics) {
   ss << resolved.rdbuf();
   EXPECT_NE(ss.str().find("dirmoe:"), std::string::npos);
   EXPECT_NE(ss.str().find("lambda_sparsity"), std::string::npos);
+}
+
+TEST(RouterMetrics, ReMoEFiguresPerLayerInMetricsAndOnTheConsole) {
+  require_corpus();
+  fs::path dir = work_dir("remoe_metrics");
+  Proc r = sh(mpiexec(2) + bin() + small_job(3) + kReMoE + " --run-dir " + dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("/ k 1 (sparsity "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("no expert"), std::string::npos) << r.output;
+  auto recs = records(dir);
+  ASSERT_GE(recs.size(), 4u);
+  float lambda = static_cast<float>(1e-4);
+  for (const auto& rec : recs) {
+    if (!rec.contains("loss")) continue;
+    // The controller's trace from the recorded sparsity: times alpha below 7/8, else divided.
+    EXPECT_EQ(rec["remoe_lambda"].get<double>(), static_cast<double>(lambda)) << rec["step"];
+    const double sp = rec["sparsity"].get<double>();
+    lambda = sp < 0.875 ? lambda * 1.2f : lambda / 1.2f;
+    EXPECT_EQ(rec["remoe_lambda_next"].get<double>(), static_cast<double>(lambda));
+    double mean_sparsity = 0;
+    for (const auto& layer : rec["layers"]) {
+      for (const char* k :
+           {"tokens_per_expert", "load_max_over_mean", "load_cv", "active_experts", "target_k",
+            "sparsity", "no_expert", "lambda", "l1_reg", "l1_load", "gate_mean", "dead_experts"})
+        EXPECT_TRUE(layer.contains(k)) << k;
+      EXPECT_EQ(layer["target_k"].get<double>(), 1.0);
+      EXPECT_NEAR(layer["sparsity"].get<double>(),
+                  1.0 - layer["active_experts"].get<double>() / 8.0, 1e-12);
+      mean_sparsity += layer["sparsity"].get<double>() / 4;
+    }
+    EXPECT_NEAR(mean_sparsity, sp, 1e-12);
+  }
+  std::ifstream resolved(dir / "config.resolved.yaml");
+  std::stringstream ss;
+  ss << resolved.rdbuf();
+  EXPECT_NE(ss.str().find("remoe:"), std::string::npos);
+  EXPECT_NE(ss.str().find("lambda_init"), std::string::npos);
+}
+
+// A strong L1 term closes every gate: the layers with no routed token are reported by step and
+// layer, and the run goes on with finite losses.
+TEST(RouterMetrics, ReMoELayerWithoutAnyExpertIsReportedAndHandled) {
+  require_corpus();
+  fs::path dir = work_dir("remoe_empty");
+  Proc r = sh(mpiexec(2) + bin() + small_job(12) +
+              " --set moe.router.type=remoe --set moe.router.k=1"
+              " --set moe.router.remoe.lambda_init=1e4 --set train.lr=0.05 --set train.warmup=0" +
+              " --run-dir " + dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("no token of the global batch selected any expert"), std::string::npos)
+      << r.output;
+  int empty_steps = 0;
+  for (const auto& rec : records(dir)) {
+    if (!rec.contains("loss")) continue;
+    EXPECT_TRUE(std::isfinite(rec["loss"].get<double>())) << rec["step"];
+    EXPECT_FALSE(rec.contains("skipped")) << rec["step"];
+    if (!rec.contains("layers_without_tokens")) continue;
+    ++empty_steps;
+    for (int l : rec["layers_without_tokens"]) {
+      const auto& layer = rec["layers"][l];
+      EXPECT_EQ(layer["active_experts"].get<double>(), 0.0);
+      EXPECT_EQ(layer["no_expert"].get<double>(), 1.0);
+      EXPECT_EQ(layer["load_max_over_mean"].get<double>(), 0.0);
+      EXPECT_EQ(layer["l1_reg"].get<double>(), 0.0);
+    }
+  }
+  EXPECT_GT(empty_steps, 0);
+  std::printf("remoe lambda_init 1e4: %d steps with a layer without any routed token\n",
+              empty_steps);
+}
+
+TEST(RouterBadInput, ReMoEBadControllerEndsEveryRank) {
+  for (auto [set, key] :
+       {std::pair{" --set moe.router.remoe.alpha=1", "moe.router.remoe.alpha"},
+        {" --set moe.router.remoe.lambda_init=-1e-8", "moe.router.remoe.lambda_init"},
+        {" --set moe.router.k=9", "moe.router.k"}}) {
+    Proc r = sh(mpiexec(2) + bin() + small_job(2) + kReMoE + set + " --run-dir " +
+                    work_dir("bad_remoe").string(),
+                60);
+    EXPECT_NE(r.code, 0) << r.output;
+    EXPECT_NE(r.code, 137) << "killed by the time limit (a hang): " << r.output;
+    EXPECT_NE(r.output.find(key), std::string::npos) << r.output;
+  }
 }
 
 TEST(RouterBadInput, BadRouterConfigEndsEveryRank) {

@@ -155,6 +155,113 @@ INSTANTIATE_TEST_SUITE_P(Cases, MoEGradTest,
                                   (c.permuted_placement ? "Permuted" : "Contiguous");
                          });
 
+// ReMoE through the MoE layer: tokens with any number of experts, none included (y_t = 0), against
+// the dense reference with ReLU gates, and every gradient against central differences.
+TEST(MoELayer, ReMoEVariableExpertsIncludingNoneMatchReferenceAndDifferences) {
+  const int E = 4, layer = 1;
+  const int64_t d = 6, f = 5, N = 16;
+  const double s = 0.7, eps = 1e-5;
+  SelfCommunicator comm;
+  MoEConfig cfg = small_config(E, d, f, 1, false, 0.0);
+  cfg.router.type = "remoe";
+  MoELayer<double> moe(cfg, Placement::contiguous(E, 1), &comm, layer);
+  testing::init_params(moe.parameters());
+  DenseMoE ref(layer, E, d, f, 1, false);
+  std::vector<double> x(N * d);
+  for (int64_t i = 0; i < N * d; ++i) x[i] = testing::normal_at(21, 0, i);
+  for (int64_t j = 0; j < d; ++j) {  // token 0 against the sum of the router rows: no expert
+    x[j] = 0;
+    for (int e = 0; e < E; ++e) x[j] -= 0.5 * ref.router[e * d + j];
+  }
+  // The reference: gates R_e = max(l_e, 0); no token sits near the kink.
+  std::vector<double> y_ref(N * d, 0.0);
+  int64_t none = 0, many = 0, nnz = 0;
+  for (int64_t t = 0; t < N; ++t) {
+    const std::vector<double> l = ref.logits(&x[t * d]);
+    int n = 0;
+    for (int e = 0; e < E; ++e) {
+      ASSERT_GT(std::abs(l[e]), 1e-3) << "token " << t << " expert " << e;
+      if (l[e] <= 0) continue;
+      ++n;
+      const std::vector<double> o = ref.expert(e, &x[t * d]);
+      for (int64_t j = 0; j < d; ++j) y_ref[t * d + j] += l[e] * o[j];
+    }
+    none += n == 0;
+    many += n >= 2;
+    nnz += n;
+  }
+  ASSERT_GT(none, 0) << "the case must hold a token without any expert";
+  ASSERT_GT(many, 0);
+  RouterContext ctx;
+  ctx.remoe_lambda = 0.2;
+  std::vector<double> y(N * d), dx(N * d), g(N * d);
+  moe.forward(x.data(), y.data(), N, ctx);
+  EXPECT_LE(testing::tol_ratio(y, y_ref, 1e-12, 1e-12), 1.0);
+  EXPECT_EQ(moe.stats().received, nnz);
+  EXPECT_GT(moe.router_loss(), 0.0);
+  for (int64_t i = 0; i < N * d; ++i) g[i] = testing::normal_at(3, 0, i);
+  const std::vector<int32_t> chosen = moe.routing().experts;
+  moe.backward(g.data(), s, dx.data());
+  auto loss = [&]() {
+    moe.forward(x.data(), y.data(), N, ctx);
+    EXPECT_EQ(moe.routing().experts, chosen) << "finite-difference step changed the selection";
+    double L = s * moe.router_loss();
+    for (int64_t i = 0; i < N * d; ++i) L += g[i] * y[i];
+    return L;
+  };
+  auto numeric = [&](double* v, int64_t n) {
+    std::vector<double> out(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double saved = v[i];
+      v[i] = saved + eps;
+      const double lp = loss();
+      v[i] = saved - eps;
+      const double lm = loss();
+      v[i] = saved;
+      out[i] = (lp - lm) / (2 * eps);
+    }
+    return out;
+  };
+  double worst = testing::grad_error(numeric(x.data(), N * d), dx);
+  EXPECT_LE(worst, 1e-6) << "dx";
+  for (Parameter<double>* p : moe.parameters()) {
+    std::vector<double> ana(p->grad.begin(), p->grad.end());
+    const double err = testing::grad_error(numeric(p->value.data(), p->numel()), ana);
+    EXPECT_LE(err, 1e-6) << p->name;
+    worst = std::max(worst, err);
+  }
+  std::printf("moe remoe: %ld tokens, %ld without an expert, %ld with 2+: worst grad error %.3g\n",
+              static_cast<long>(N), static_cast<long>(none), static_cast<long>(many), worst);
+}
+
+// Every gate closed: nothing is exchanged, the output and the input gradient are zero, no NaN.
+TEST(MoELayer, ReMoENoTokenRoutedGivesZeroOutput) {
+  const int E = 4;
+  const int64_t d = 6, f = 5, N = 9;
+  SelfCommunicator comm;
+  MoEConfig cfg = small_config(E, d, f, 1, false, 0.0);
+  cfg.router.type = "remoe";
+  cfg.capacity_factor = 1.0;  // the capacity path with nothing to keep
+  MoELayer<float> moe(cfg, Placement::contiguous(E, 1), &comm, 0);
+  testing::init_params(moe.parameters());
+  Parameter<float>* w = moe.parameters()[0];
+  ASSERT_EQ(w->name, "layers.0.moe.router.weight");
+  for (int64_t i = 0; i < w->numel(); ++i) w->value[i] = -std::abs(w->value[i]) - 0.1f;
+  std::vector<float> x(N * d), y(N * d, 1.0f), dx(N * d, 1.0f), g(N * d, 1.0f);
+  for (int64_t i = 0; i < N * d; ++i)
+    x[i] = std::abs(static_cast<float>(testing::normal_at(5, 0, i)));
+  moe.forward(x.data(), y.data(), N, RouterContext{});
+  EXPECT_EQ(moe.routing().nnz(), 0);
+  EXPECT_EQ(moe.stats().received, 0);
+  EXPECT_EQ(moe.stats().dropped, 0);
+  EXPECT_EQ(moe.router_loss(), 0.0);
+  for (float v : y) EXPECT_EQ(v, 0.0f);
+  moe.backward(g.data(), 1.0, dx.data());
+  for (float v : dx) EXPECT_EQ(v, 0.0f);
+  for (Parameter<float>* p : moe.parameters())
+    for (int64_t i = 0; i < p->numel(); ++i) EXPECT_EQ(p->grad[i], 0.0f) << p->name;
+}
+
 // Every token prefers its own expert; capacity ceil(1.0 * 8 * 1 / 4) = 2 per expert keeps the
 // first two tokens of expert 0 and drops tokens 2, 3, 4.
 TEST(MoELayer, CapacityDropsExactlyTheLatestTokens) {

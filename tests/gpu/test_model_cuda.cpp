@@ -208,7 +208,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"dirmoe", "{type: dirmoe, k: 2}"},
                       Case{"probmoe_exact", "{type: probmoe, k: 2, probmoe: {mode: exact}}"},
                       Case{"probmoe_dynamic",
-                           "{type: probmoe, k: 2, probmoe: {mode: dynamic, k_min: 1, k_max: 3}}"}),
+                           "{type: probmoe, k: 2, probmoe: {mode: dynamic, k_min: 1, k_max: 3}}"},
+                      Case{"remoe", "{type: remoe, k: 1, remoe: {lambda_init: 0.05}}"}),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
 }  // namespace

@@ -236,6 +236,29 @@ TEST(ConfigRouters, OverridesReachNestedRouterKeys) {
   EXPECT_EQ(e.moe.router.type, "topk");  // dirmoe knobs may stay configured
 }
 
+TEST(ConfigRouters, ReMoEKeysParseRoundTripAndNameTheKey) {
+  Config c = parse_config(kBase,
+                          {"moe.router.type=remoe", "moe.router.k=1",
+                           "moe.router.remoe.lambda_init=1e-4", "moe.router.remoe.alpha=1.5"},
+                          "test.yaml");
+  EXPECT_EQ(c.moe.router.type, "remoe");
+  EXPECT_EQ(c.moe.router.remoe.lambda_init, 1e-4);
+  EXPECT_EQ(c.moe.router.remoe.alpha, 1.5);
+  Config back = parse_config(to_yaml(c), {}, "resolved.yaml");
+  EXPECT_EQ(back.moe.router.remoe.lambda_init, 1e-4);
+  EXPECT_EQ(back.moe.router.remoe.alpha, 1.5);
+  EXPECT_EQ(Config{}.moe.router.remoe.lambda_init, 1e-8);
+  EXPECT_EQ(Config{}.moe.router.remoe.alpha, 1.2);
+  expect_error(kBase, {"moe.router.type=remoe", "moe.router.remoe.alpha=1"},
+               {"moe.router.remoe.alpha", "must be > 1"});
+  expect_error(kBase, {"moe.router.type=remoe", "moe.router.remoe.lambda_init=-1e-8"},
+               {"moe.router.remoe.lambda_init"});
+  expect_error(kBase, {"moe.router.type=remoe", "moe.router.k=0"},
+               {"moe.router.k", "[1, moe.num_experts = 4]"});
+  expect_error(kBase, {"moe.router.type=remoe", "moe.router.remoe.gamma=2"},
+               {"moe.router.remoe.gamma"});
+}
+
 TEST(ConfigRouters, BadRouterValuesNameTheKey) {
   const std::string dm = with_router(kDirMoE);
   expect_error(dm, {"moe.router.k=5"}, {"moe.router.k", "[1, moe.num_experts = 4]"});

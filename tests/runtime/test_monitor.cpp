@@ -105,6 +105,40 @@ TEST(LoadMonitor, EpisodesWarnOnceAndNameLayerExpertRank) {
   EXPECT_EQ(last["worst_layer"].get<int>(), 0);
 }
 
+// A layer where no token selected any expert (remoe can close every gate): reported once per
+// episode by step and layer, listed in the record, loads 0 (never 0/0), and its end noted.
+TEST(LoadMonitor, LayerWithoutAnyRoutedTokenIsReportedByStepAndLayer) {
+  MonitorConfig cfg;
+  LoadMonitor mon(cfg, Placement::contiguous(4, 2), /*layers=*/2, /*world=*/2, /*rank=*/0,
+                  /*sources=*/1);
+  // Layer 0 routes normally; layer 1 routes nothing at steps 2-4.
+  const int64_t busy[8] = {2, 2, 2, 2, 1, 3, 2, 2}, empty[8] = {2, 2, 2, 2, 0, 0, 0, 0};
+  testing::internal::CaptureStderr();
+  testing::internal::CaptureStdout();
+  nlohmann::json at3;
+  for (int64_t step = 1; step <= 5; ++step) {
+    mon.begin_step();
+    nlohmann::json rec = record(2);
+    mon.finish_step(step, step >= 2 && step <= 4 ? empty : busy, rec);
+    if (step == 3) at3 = rec;
+    if (step == 5) EXPECT_FALSE(rec.contains("layers_without_tokens"));
+  }
+  const std::string err = testing::internal::GetCapturedStderr();
+  const std::string out = testing::internal::GetCapturedStdout();
+  EXPECT_EQ(count(err, "no token of the global batch selected any expert"), 1) << err;
+  EXPECT_NE(err.find("step 2: layer 1: no token of the global batch selected any expert"),
+            std::string::npos)
+      << err;
+  EXPECT_NE(out.find("step 5: layer 1 routes tokens again after 3 step(s) without any"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(at3["layers_without_tokens"], nlohmann::json::array({1}));
+  const auto& l1 = at3["layers"][1];
+  EXPECT_EQ(l1["load_cv"].get<double>(), 0.0);
+  EXPECT_EQ(l1["load_entropy"].get<double>(), 0.0);
+  EXPECT_EQ(l1["rank_max_over_mean"].get<double>(), 0.0);
+}
+
 const char* kYaml = R"(model:
   hidden: 64
   vocab_size: 1000
