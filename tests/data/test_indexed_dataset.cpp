@@ -300,9 +300,10 @@ TEST(TokenShard, ReadsShardsWrittenAsLlmcWritesThem) {
   };
   for (const auto& c : cases) {
     const std::string path = dir / (std::string(c.desc) + ".bin");
-    std::string cmd =
-        test_python() + " " + src + "/tests/data/write_llmc_shard.py " + path + " " + c.desc;
-    for (int32_t t : c.tokens) cmd += " " + std::to_string(t);
+    std::string cmd = test_python();
+    cmd.append(" ").append(src).append("/tests/data/write_llmc_shard.py ").append(path);
+    cmd.append(" ").append(c.desc);
+    for (int32_t t : c.tokens) cmd.append(" ").append(std::to_string(t));
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     EXPECT_TRUE(looks_like_token_shard(path)) << c.desc;
     TokenShard sh(path);

@@ -234,9 +234,10 @@ TEST(TrainingData, LlmcLlama3ShardDocumentsAreDelimitedByBeginOfText) {
   TempDir dir;
   const int32_t b = 128000;
   const std::vector<int32_t> tokens = {b, 70000, 1, 1, b, 2, 2, 2, 2, b, 3, 3, b, 128255, 4, 4, 4};
-  std::string cmd = test_python() + " " + src + "/tests/data/write_llmc_shard.py " +
-                    (dir / "l3.bin") + " llama-3";
-  for (int32_t t : tokens) cmd += " " + std::to_string(t);
+  std::string cmd = test_python();
+  cmd.append(" ").append(src).append("/tests/data/write_llmc_shard.py ").append(dir / "l3.bin");
+  cmd.append(" llama-3");
+  for (int32_t t : tokens) cmd.append(" ").append(std::to_string(t));
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   DataConfig cfg{{{1.0, dir / "l3.bin"}}, 0.25};
   TrainingData train(cfg, Split::kTrain, 2, 5, 128256);

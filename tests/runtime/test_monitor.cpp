@@ -121,7 +121,9 @@ TEST(LoadMonitor, LayerWithoutAnyRoutedTokenIsReportedByStepAndLayer) {
     nlohmann::json rec = record(2);
     mon.finish_step(step, step >= 2 && step <= 4 ? empty : busy, rec);
     if (step == 3) at3 = rec;
-    if (step == 5) EXPECT_FALSE(rec.contains("layers_without_tokens"));
+    if (step == 5) {
+      EXPECT_FALSE(rec.contains("layers_without_tokens"));
+    }
   }
   const std::string err = testing::internal::GetCapturedStderr();
   const std::string out = testing::internal::GetCapturedStdout();
