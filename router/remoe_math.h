@@ -6,9 +6,24 @@
 
 #include <cstdint>
 
+#include "kernels/routing/math.h"
 #include "runtime/core/hd.h"
 
 namespace dirmoe {
+
+// The lambda of a forward: the trainer's controller value when it set one (>= 0), else
+// moe.router.remoe.lambda_init as the controller holds it (fp32).
+DIRMOE_HD double remoe_lambda_of(double ctx_lambda, double lambda_init) {
+  return ctx_lambda >= 0 ? ctx_lambda : static_cast<double>(static_cast<float>(lambda_init));
+}
+
+// The first expert whose logit is not finite, -1 when all are.
+template <class L>
+DIRMOE_HD int remoe_first_nonfinite(const L* logits, int E) {
+  for (int e = 0; e < E; ++e)
+    if (!routing::r_isfinite(static_cast<double>(logits[e]))) return e;
+  return -1;
+}
 
 DIRMOE_HD double remoe_gate(double logit) { return logit > 0 ? logit : 0.0; }
 DIRMOE_HD double remoe_gate_grad(double logit) { return logit > 0 ? 1.0 : 0.0; }
@@ -57,6 +72,22 @@ DIRMOE_HD void remoe_token_backward(const L* logits, const double* dw_dense, con
     const double g = remoe_gate_grad(static_cast<double>(logits[e]));
     dlogits[e] = static_cast<D>(g * (dw_dense[e] + loss_scale * coef[e]));
   }
+}
+
+// The routing figures of N tokens with nnz assignments, `none` tokens without an expert and
+// gate_total = sum of the weights. NOTE: nnz = 0 keeps every figure finite (sparsity 1).
+struct ReMoESummary {
+  double mean_active, sparsity, no_expert, gate_mean;
+};
+DIRMOE_HD ReMoESummary remoe_summary(int64_t nnz, int64_t none, double gate_total, int64_t N,
+                                     int E) {
+  const double inv_n = N > 0 ? 1.0 / static_cast<double>(N) : 0.0;
+  ReMoESummary s;
+  s.mean_active = static_cast<double>(nnz) * inv_n;
+  s.sparsity = N > 0 ? 1.0 - static_cast<double>(nnz) * inv_n / E : 0.0;
+  s.no_expert = static_cast<double>(none) * inv_n;
+  s.gate_mean = nnz > 0 ? gate_total / static_cast<double>(nnz) : 0.0;
+  return s;
 }
 
 // The controller's target: the share of zero gates when k of E experts are active, 1 - k/E.

@@ -29,8 +29,7 @@ void ReMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Ro
   DIRMOE_CHECK(N >= 0, "router ", weight_.name, ": negative token count ", N);
   DIRMOE_CHECK(N == 0 || h != nullptr, "router ", weight_.name, ": null input for ", N, " tokens");
   const int E = E_, k = cfg_.k;
-  lambda_ = ctx.remoe_lambda >= 0 ? ctx.remoe_lambda
-                                  : static_cast<double>(static_cast<float>(cfg_.remoe.lambda_init));
+  lambda_ = remoe_lambda_of(ctx.remoe_lambda, cfg_.remoe.lambda_init);
   N_ = N;
   has_forward_ = true;
   h_.grow(N * d_);
@@ -48,11 +47,9 @@ void ReMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Ro
   int64_t nnz = 0, none = 0;
   for (int64_t t = 0; t < N; ++t) {
     const T* l = logits_.data() + t * E;
-    for (int e = 0; e < E; ++e) {
-      DIRMOE_CHECK(std::isfinite(static_cast<double>(l[e])), "router ", weight_.name,
-                   ": non-finite logit at token ", t, " (global ", ctx.global_token0 + t,
-                   "), expert ", e);
-    }
+    const int bad = remoe_first_nonfinite(l, E);
+    DIRMOE_CHECK(bad < 0, "router ", weight_.name, ": non-finite logit at token ", t, " (global ",
+                 ctx.global_token0 + t, "), expert ", bad);
     const int n = remoe_route_token(l, E, out.experts.data() + nnz, out.weights.data() + nnz);
     for (int j = 0; j < n; ++j) {
       const int32_t e = out.experts[nnz + j];
@@ -73,19 +70,19 @@ void ReMoERouter<T>::forward(const T* h, int64_t N, const RouterContext& ctx, Ro
 
   double gate_total = 0;
   for (int e = 0; e < E; ++e) gate_total += gate_sum_[e];
-  const double inv_n = N > 0 ? 1.0 / static_cast<double>(N) : 0.0;
+  const ReMoESummary sum = remoe_summary(nnz, none, gate_total, N, E);
   stats_.aux_loss = 0;
   stats_.z_loss = 0;
-  stats_.mean_active = static_cast<double>(nnz) * inv_n;
+  stats_.mean_active = sum.mean_active;
   // NOTE: a micro-batch whose tokens all select no expert has nnz = 0: every figure stays finite
   // (sparsity 1, no_expert 1, L1 term 0) and the layer's MoE output is zero.
   stats_.scalars = {{"target_k", static_cast<double>(k)},
-                    {"sparsity", N > 0 ? 1.0 - static_cast<double>(nnz) * inv_n / E : 0.0},
-                    {"no_expert", static_cast<double>(none) * inv_n},
+                    {"sparsity", sum.sparsity},
+                    {"no_expert", sum.no_expert},
                     {"lambda", lambda_},
                     {"l1_reg", l1_},
                     {"l1_load", l1_unweighted},
-                    {"gate_mean", nnz > 0 ? gate_total / static_cast<double>(nnz) : 0.0}};
+                    {"gate_mean", sum.gate_mean}};
 }
 
 template <class T>

@@ -341,4 +341,23 @@ void probmoe_route_backward(float* dlogits, const float* logits, const double* s
                             const double* fraction, int64_t N, const ProbMoEKernelParams& p,
                             double aux_scale, double z_scale, cudaStream_t stream);
 
+// remoe (ReLU routing). Stat rows [N, remoe_stat_columns(E)]: gate R (E, 0 where closed), active
+// (E, 0/1), no expert (0/1).
+constexpr int remoe_stat_columns(int E) { return 2 * E + 1; }
+// Statistics of remoe_route_finalize: L1 term (lambda-weighted), L1 load (lambda = 1), mean
+// active experts, sparsity, no_expert, gate_mean (as ReMoERouter's scalars).
+constexpr int kReMoEStats = 6;
+// logits[N,E] -> padded experts/weights [N, E] (the open gates in increasing expert id, weight
+// R_e), counts[N] (0..E), stat_rows. A token with a non-finite logit gets no expert.
+void remoe_route_forward(int32_t* padded_experts, float* padded_weights, int32_t* counts,
+                         double* stat_rows, const float* logits, int64_t N, int E, int64_t* d_bad,
+                         cudaStream_t stream);
+// From the column sums: coef[E] (dL1/dR_te, n_e held constant) and stats[kReMoEStats].
+void remoe_route_finalize(double* coef, double* stats, const double* sums, int64_t N, int E, int k,
+                          double lambda, cudaStream_t stream);
+// dlogits[N,E] (overwritten) = [l > 0] (dweights scattered by the CSR + loss_scale * coef).
+void remoe_route_backward(float* dlogits, const float* logits, const int64_t* offsets,
+                          const int32_t* experts, const float* dweights, const double* coef,
+                          int64_t N, int E, double loss_scale, cudaStream_t stream);
+
 }  // namespace dirmoe::cuda

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "router/noise.h"
+#include "router/remoe_math.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {
@@ -485,5 +486,116 @@ const RouterStats& CudaProbMoERouter<T>::read_stats() {
 
 template class CudaProbMoERouter<float>;
 template class CudaProbMoERouter<cuda::bf16>;
+
+template <class T>
+CudaReMoERouter<T>::CudaReMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
+                                    const std::string& prefix, cublasHandle_t handle,
+                                    cudaStream_t stream)
+    : cfg_(cfg), d_(hidden), E_(num_experts), handle_(handle), stream_(stream) {
+  validate_router_config(cfg, hidden, num_experts);
+  DIRMOE_CHECK(cfg.type == "remoe", "CudaReMoERouter built for router type '", cfg.type, "'");
+  DIRMOE_CHECK(num_experts <= cuda::kRouterMaxExperts,
+               "moe.num_experts: the GPU routers take at most ", cuda::kRouterMaxExperts,
+               " experts, got ", num_experts);
+  weight_ = cuda::DeviceParameter(prefix + ".weight", {num_experts, hidden}, false);
+  weight_.master.fill_bytes(0, stream_);
+  weight_.zero_grad(stream_);
+  sums_.resize(cuda::remoe_stat_columns(E_));
+  coef_.resize(E_);
+  stats_dev_.resize(cuda::kReMoEStats);
+  bad_.resize(1);
+}
+
+template <class T>
+void CudaReMoERouter<T>::forward(const T* d_h, int64_t N, const RouterContext& ctx,
+                                 DeviceRouting& out) {
+  DIRMOE_CHECK(N >= 0, "router ", weight_.name, ": negative token count ", N);
+  DIRMOE_CHECK(N == 0 || d_h != nullptr, "router ", weight_.name, ": null input for ", N,
+               " tokens");
+  const int E = E_;
+  lambda_ = remoe_lambda_of(ctx.remoe_lambda, cfg_.remoe.lambda_init);
+  N_ = N;
+  ctx_ = ctx;
+  has_forward_ = true;
+  nnz_read_ = -1;
+  last_out_ = &out;
+
+  h32_.grow(N * d_);
+  logits_.grow(N * E);
+  padded_experts_.grow(N * E);
+  padded_weights_.grow(N * E);
+  counts_.grow(N);
+  rows_.grow(N * cuda::remoe_stat_columns(E));
+  out.num_tokens = N;
+  out.num_experts = E;
+  out.nnz = N * E;
+  out.offsets.grow(N + 1);
+  out.experts.grow(N * E);
+  out.weights.grow(N * E);
+  bad_.fill_bytes(0x7F, stream_);
+  to_fp32(h32_.data(), d_h, N * d_, stream_);
+  if (N > 0) {
+    cuda::linear_forward<float>(handle_, logits_.data(), h32_.data(), weight_.master.data(), N, d_,
+                                E, false, stream_);
+    cuda::remoe_route_forward(padded_experts_.data(), padded_weights_.data(), counts_.data(),
+                              rows_.data(), logits_.data(), N, E, bad_.data(), stream_);
+  }
+  cuda::router_offsets(out.offsets.data(), counts_.data(), N, stream_);
+  cuda::router_compact(out.experts.data(), out.weights.data(), padded_experts_.data(),
+                       padded_weights_.data(), out.offsets.data(), N, E, stream_);
+  offsets_.grow(N + 1);
+  experts_.grow(N * E);
+  DIRMOE_CUDA_CHECK(cudaMemcpyAsync(offsets_.data(), out.offsets.data(), sizeof(int64_t) * (N + 1),
+                                    cudaMemcpyDeviceToDevice, stream_));
+  if (N > 0)
+    DIRMOE_CUDA_CHECK(cudaMemcpyAsync(experts_.data(), out.experts.data(), sizeof(int32_t) * N * E,
+                                      cudaMemcpyDeviceToDevice, stream_));
+  cuda::router_column_sums(sums_.data(), rows_.data(), N, cuda::remoe_stat_columns(E), stream_);
+  cuda::remoe_route_finalize(coef_.data(), stats_dev_.data(), sums_.data(), N, E, cfg_.k, lambda_,
+                             stream_);
+}
+
+template <class T>
+void CudaReMoERouter<T>::backward(const float* d_dweights, double loss_scale, T* d_dh) {
+  DIRMOE_CHECK(has_forward_, "router ", weight_.name, ": backward called before forward");
+  const int64_t N = N_;
+  if (N == 0) return;
+  DIRMOE_CHECK(d_dh != nullptr && (d_dweights != nullptr || nnz_read_ == 0), "router ",
+               weight_.name, ": null dweights or dh");
+  dlogits_.grow(N * E_);
+  cuda::remoe_route_backward(dlogits_.data(), logits_.data(), offsets_.data(), experts_.data(),
+                             d_dweights, coef_.data(), N, E_, loss_scale, stream_);
+  add_input_grad<T>(handle_, d_dh, dh32_, dh_t_, weight_.grad.data(), dlogits_.data(), h32_.data(),
+                    weight_.master.data(), N, d_, E_, stream_);
+}
+
+template <class T>
+const RouterStats& CudaReMoERouter<T>::read_stats() {
+  DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  const std::vector<double> s = stats_dev_.download();
+  const std::vector<int64_t> bad = bad_.download();
+  throw_if_bad(bad[0], weight_.name, ctx_, "logit");
+  int64_t nnz = 0;
+  if (N_ > 0)
+    DIRMOE_CUDA_CHECK(
+        cudaMemcpy(&nnz, offsets_.data() + N_, sizeof(int64_t), cudaMemcpyDeviceToHost));
+  nnz_read_ = nnz;
+  if (last_out_ != nullptr) last_out_->nnz = nnz;
+  l1_ = s[0];
+  stats_.aux_loss = 0;
+  stats_.z_loss = 0;
+  stats_.mean_active = s[2];
+  stats_.scalars = {{"target_k", static_cast<double>(cfg_.k)},
+                    {"sparsity", s[3]},
+                    {"no_expert", s[4]},
+                    {"lambda", lambda_},
+                    {"l1_reg", s[0]},
+                    {"l1_load", s[1]},
+                    {"gate_mean", s[5]}};
+  return stats_;
+}
+
+template class CudaReMoERouter<float>;
+template class CudaReMoERouter<cuda::bf16>;
 
 }  // namespace dirmoe

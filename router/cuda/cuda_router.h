@@ -198,4 +198,56 @@ class CudaProbMoERouter {
   cuda::DeviceBuffer<T> dh_t_;
 };
 
+// ReMoE on the device (ReMoERouter's semantics: R = ReLU(h W), the open gates in increasing expert
+// id with weight R_e, 0..E experts per token, the load-weighted L1 term with the trainer's lambda).
+// NOTE: as for DirMoE, out.nnz is the capacity N * E until read_stats() sets the count.
+template <class T>
+class CudaReMoERouter {
+ public:
+  CudaReMoERouter(const RouterConfig& cfg, int64_t hidden, int num_experts,
+                  const std::string& prefix, cublasHandle_t handle, cudaStream_t stream);
+
+  void forward(const T* d_h, int64_t N, const RouterContext& ctx, DeviceRouting& out);
+  // d_dweights may be null when read_stats() found an empty routing.
+  void backward(const float* d_dweights, double loss_scale, T* d_dh);
+  const RouterStats& read_stats();
+  double loss() const { return l1_; }  // after read_stats()
+  double lambda() const { return lambda_; }
+
+  cuda::DeviceParameter& weight() { return weight_; }     // [E,d]
+  const float* logits() const { return logits_.data(); }  // [N,E] of the last forward
+
+ private:
+  RouterConfig cfg_;
+  int64_t d_;
+  int E_;
+  cublasHandle_t handle_;
+  cudaStream_t stream_;
+  cuda::DeviceParameter weight_;
+  RouterStats stats_;
+  RouterContext ctx_;
+  double l1_ = 0;
+  double lambda_ = 0;
+  int64_t N_ = 0;
+  int64_t nnz_read_ = -1;  // nnz of the last forward once read_stats() read it
+  bool has_forward_ = false;
+  DeviceRouting* last_out_ = nullptr;
+
+  cuda::DeviceBuffer<float> h32_;               // [N,d]
+  cuda::DeviceBuffer<float> logits_;            // [N,E]
+  cuda::DeviceBuffer<int32_t> padded_experts_;  // [N,E]
+  cuda::DeviceBuffer<float> padded_weights_;    // [N,E]
+  cuda::DeviceBuffer<int32_t> counts_;          // [N]
+  cuda::DeviceBuffer<double> rows_;             // [N, remoe_stat_columns(E)]
+  cuda::DeviceBuffer<double> sums_;             // [remoe_stat_columns(E)]
+  cuda::DeviceBuffer<double> coef_;             // [E] dL1/dR_te
+  cuda::DeviceBuffer<double> stats_dev_;        // [kReMoEStats]
+  cuda::DeviceBuffer<int64_t> bad_;             // [1]
+  cuda::DeviceBuffer<int64_t> offsets_;         // [N+1]
+  cuda::DeviceBuffer<int32_t> experts_;         // [N*E]
+  cuda::DeviceBuffer<float> dlogits_;           // [N,E]
+  cuda::DeviceBuffer<float> dh32_;
+  cuda::DeviceBuffer<T> dh_t_;
+};
+
 }  // namespace dirmoe

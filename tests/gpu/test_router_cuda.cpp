@@ -4,7 +4,8 @@
 // and gradients within the tolerance table; the router kernels on the CPU's own logits (double
 // math on both sides); non-finite logits reported with token and expert. DirMoE the same way,
 // including its Philox gate and Gamma draws, saved per-token rows and all parameter gradients;
-// ProbMoE (exact and Dynamic-k, training draws and evaluation) with its marginals.
+// ProbMoE (exact and Dynamic-k, training draws and evaluation) with its marginals; ReMoE (ReLU
+// gates, 0..E experts per token, the L1 term at lambda 0 and 0.3, every gate closed).
 #include <cublas_v2.h>
 #include <gtest/gtest.h>
 
@@ -21,6 +22,7 @@
 #include "router/dirmoe_router.h"
 #include "router/noise.h"
 #include "router/probmoe_router.h"
+#include "router/remoe_router.h"
 #include "router/topk_router.h"
 #include "tests/gpu/gpu_test_util.h"
 
@@ -695,6 +697,183 @@ INSTANTIATE_TEST_SUITE_P(Grid, ProbMoERouterCuda,
                                   (std::get<1>(info.param) ? "_bf16" : "_f32");
                          });
 
+// ---- remoe -------------------------------------------------------------------------------------
+struct ReMoECase {
+  const char* name;
+  int64_t N;
+  int E;
+  double lambda;
+  bool closed = false;  // every gate closed: W < 0 and h > 0, so every logit is negative
+};
+const ReMoECase kReMoECases[] = {
+    {"N1_E8_l0", 1, 8, 0.0},           {"N1_E8_l03", 1, 8, 0.3},
+    {"N1_E16_l0", 1, 16, 0.0},         {"N1_E16_l03", 1, 16, 0.3},
+    {"N7_E8_l0", 7, 8, 0.0},           {"N7_E8_l03", 7, 8, 0.3},
+    {"N7_E16_l0", 7, 16, 0.0},         {"N7_E16_l03", 7, 16, 0.3},
+    {"N8192_E8_l0", 8192, 8, 0.0},     {"N8192_E8_l03", 8192, 8, 0.3},
+    {"N8192_E16_l0", 8192, 16, 0.0},   {"N8192_E16_l03", 8192, 16, 0.3},
+    {"N7_E8_closed", 7, 8, 0.3, true}, {"N8192_E16_closed", 8192, 16, 0.3, true},
+};
+
+template <class T>
+void run_remoe(const ReMoECase& c) {
+  const std::string base = std::string("/") + c.name + "/" + dtype_label<T>();
+  RouterConfig cfg;
+  cfg.type = "remoe";
+  cfg.k = 2;
+  RouterContext ctx;
+  ctx.layer = 5;
+  ctx.global_token0 = 321;
+  ctx.remoe_lambda = c.lambda;
+
+  std::vector<double> W = randn(c.E * kHidden, 1001 + c.E, 0.25);
+  std::vector<double> h = representable<T>(randn(c.N * kHidden, 1002 + c.N));
+  if (c.closed) {
+    for (double& w : W) w = -std::abs(w);
+    for (double& x : h) x = std::abs(x);
+  }
+  // No logit within 1e-4 of 0, so fp32 GEMM rounding cannot open or close a gate.
+  for (int64_t t = 0; t < c.N; ++t) {
+    for (uint64_t attempt = 1;; ++attempt) {
+      std::vector<double> row(h.begin() + t * kHidden, h.begin() + (t + 1) * kHidden);
+      const std::vector<double> l = logits_of(row, W, 1, c.E);
+      if (std::all_of(l.begin(), l.end(), [](double x) { return std::abs(x) > 1e-4; })) break;
+      std::vector<double> fresh =
+          representable<T>(randn(kHidden, 1003 * 1000003 + t * 131 + attempt));
+      if (c.closed)
+        for (double& x : fresh) x = std::abs(x);
+      std::copy(fresh.begin(), fresh.end(), h.begin() + t * kHidden);
+    }
+  }
+
+  ReMoERouter<float> cpu(cfg, kHidden, c.E, "router");
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i)
+    cpu.weight().value[i] = static_cast<float>(W[i]);
+  cpu.weight().grad.zero();
+  const std::vector<float> h32(h.begin(), h.end());
+  Routing<float> ref;
+  cpu.forward(h32.data(), c.N, ctx, ref);
+  if (c.closed) {
+    ASSERT_EQ(ref.nnz(), 0);
+  }
+
+  cudaStream_t stream = nullptr;
+  Blas blas(stream);
+  CudaReMoERouter<T> gpu(cfg, kHidden, c.E, "router", blas.get(), stream);
+  gpu.weight().master.upload(std::vector<float>(W.begin(), W.end()));
+  auto d_h = to_device_as<T>(h);
+  DeviceRouting out;
+  gpu.forward(d_h.data(), c.N, ctx, out);
+  const RouterStats st = gpu.read_stats();
+  ASSERT_EQ(out.nnz, ref.nnz());
+  expect_exact("remoe_offsets" + base, out.offsets.download(), ref.offsets);
+  std::vector<int32_t> experts = out.experts.download();
+  std::vector<float> weights = out.weights.download();
+  experts.resize(ref.nnz());
+  weights.resize(ref.nnz());
+  expect_exact("remoe_experts" + base, experts, ref.experts);
+  const Tol tol = tolerance<T>(Op::kRouter);
+  expect_close("remoe_weights" + base, to_doubles(weights), to_doubles(ref.weights), tol);
+  const RouterStats& rs = cpu.stats();
+  std::vector<double> got{gpu.loss()}, want{cpu.loss()};
+  for (const char* name : {"l1_reg", "l1_load", "gate_mean"}) {
+    got.push_back(stat(st, name));
+    want.push_back(stat(rs, name));
+  }
+  expect_close("remoe_loss_terms" + base, got, want, tol);
+  std::vector<double> counts{st.mean_active, st.aux_loss, st.z_loss},
+      ref_counts{rs.mean_active, rs.aux_loss, rs.z_loss};
+  for (const char* name : {"sparsity", "no_expert", "lambda", "target_k"}) {
+    counts.push_back(stat(st, name));
+    ref_counts.push_back(stat(rs, name));
+  }
+  expect_exact("remoe_counts" + base, counts, ref_counts);
+  for (const auto& [name, v] : st.scalars) EXPECT_TRUE(std::isfinite(v)) << name << base;
+  if (c.closed) {
+    EXPECT_EQ(gpu.loss(), 0.0) << base;
+    EXPECT_EQ(stat(st, "sparsity"), 1.0) << base;
+    EXPECT_EQ(stat(st, "no_expert"), 1.0) << base;
+  }
+
+  const std::vector<double> dweights = randn(ref.nnz(), 1004);
+  const std::vector<float> dw32(dweights.begin(), dweights.end());
+  std::vector<float> ref_dh(c.N * kHidden, 0.f);
+  cpu.backward(dw32.data(), 0.5, ref_dh.data());
+  // An empty routing takes no dweights.
+  DeviceBuffer<float> d_dw;
+  if (ref.nnz() > 0) d_dw = to_device(dw32);
+  Guarded<T> d_dh(c.N * kHidden, 0);
+  gpu.backward(ref.nnz() > 0 ? d_dw.data() : nullptr, 0.5, d_dh.data());
+  DIRMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  expect_close("remoe_dh" + base, d_dh.doubles(), to_doubles(ref_dh), tolerance<T>(Op::kLinear));
+  expect_guard("remoe_dh" + base, d_dh);
+  std::vector<double> ref_dW(cpu.weight().numel());
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i) ref_dW[i] = cpu.weight().grad[i];
+  expect_close("remoe_dW" + base, to_doubles(gpu.weight().grad.download()), ref_dW,
+               kF32Tol[static_cast<int>(Op::kLinear)]);
+}
+
+using ReMoEParam = std::tuple<ReMoECase, bool>;
+class ReMoERouterCuda : public ::testing::TestWithParam<ReMoEParam> {};
+
+TEST_P(ReMoERouterCuda, MatchesCpuRouter) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const auto& [c, bf16_model] = GetParam();
+  if (bf16_model)
+    run_remoe<bf16>(c);
+  else
+    run_remoe<float>(c);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, ReMoERouterCuda,
+                         ::testing::Combine(::testing::ValuesIn(kReMoECases), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<ReMoEParam>& info) {
+                           return param_name(std::get<0>(info.param).name) +
+                                  (std::get<1>(info.param) ? "_bf16" : "_f32");
+                         });
+
+TEST(ReMoERouterKernels, NonFiniteLogitsNameTokenAndExpert) {
+  DIRMOE_SKIP_WITHOUT_GPU();
+  const int64_t N = 300;
+  const int E = 8;
+  RouterConfig cfg;
+  cfg.type = "remoe";
+  Blas blas(nullptr);
+  CudaReMoERouter<float> router(cfg, kHidden, E, "layers.4.moe.router", blas.get(), nullptr);
+  std::vector<float> W(E * kHidden, 0.01f);
+  router.weight().master.upload(W);
+  std::vector<float> h(N * kHidden, 0.5f);
+  h[42 * kHidden + 7] = NAN;
+  h[200 * kHidden + 1] = INFINITY;
+  auto d_h = to_device(h);
+  DeviceRouting out;
+  RouterContext ctx;
+  ctx.layer = 4;
+  ctx.global_token0 = 1000;
+  router.forward(d_h.data(), N, ctx, out);
+  try {
+    router.read_stats();
+    ADD_FAILURE() << "non-finite logits not reported";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("non-finite logit at token 42 (global 1042), expert 0, layer 4"),
+              std::string::npos)
+        << msg;
+  }
+  // The CPU router names the same token and expert.
+  ReMoERouter<float> cpu(cfg, kHidden, E, "layers.4.moe.router");
+  for (int64_t i = 0; i < cpu.weight().numel(); ++i) cpu.weight().value[i] = W[i];
+  Routing<float> ref;
+  try {
+    cpu.forward(h.data(), N, ctx, ref);
+    ADD_FAILURE() << "CPU router: non-finite logits not reported";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("non-finite logit at token 42 (global 1042), expert 0"), std::string::npos)
+        << msg;
+  }
+}
+
 // ---- throughput probe (no assertions, as test_perf_cuda): the tracker's shape, 8192 tokens x
 // hidden 768 x 8 experts in a bf16 model, forward (with the step's one read of the statistics)
 // and backward per layer; the host routers took 17 ms (topk) and 113-150 ms (dirmoe) forward.
@@ -769,6 +948,13 @@ TEST(RouterPerfCuda, TrackerShape) {
     cfg.probmoe.k_max = 3;
     CudaProbMoERouter<bf16> r(cfg, d, E, "router", blas.get(), nullptr);
     perf_router(std::string("probmoe ").append(mode).c_str(), r, N, d);
+  }
+  {
+    RouterConfig cfg;
+    cfg.type = "remoe";
+    cfg.k = 2;
+    CudaReMoERouter<bf16> r(cfg, d, E, "router", blas.get(), nullptr);
+    perf_router("remoe k=2", r, N, d);
   }
 }
 
