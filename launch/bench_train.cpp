@@ -23,7 +23,7 @@
 #include "experts/placement.h"
 #include "kernels/cuda/api_counters.h"
 #include "launch/commands.h"
-#include "router/remoe_math.h"
+#include "kernels/routing/remoe.h"
 #include "runtime/config.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/error.h"

@@ -1,12 +1,12 @@
 // ReMoE router forward/backward: the logits GEMMs go through the CPU op set, the gates, the L1
-// term and the per-token chain rule through the DIRMOE_HD functions of remoe_math.h.
+// term and the per-token chain rule through the DIRMOE_HD functions of kernels/routing/remoe.h.
 #include "router/remoe_router.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/ops.h"
-#include "router/remoe_math.h"
+#include "kernels/routing/remoe.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {

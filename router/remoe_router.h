@@ -2,7 +2,7 @@
 // d -> E, no softmax and no top-k; expert e runs for a token iff R_e > 0, with weight R_e, so a
 // token may use any number of experts, none included. Its loss is the load-weighted L1 term
 // lambda E sum_e mean_t(R_te) n_e / (N k) (n_e: tokens with R_e > 0, a constant); lambda comes
-// from the trainer's controller through RouterContext::remoe_lambda (per-token math: remoe_math.h).
+// from the trainer's controller through RouterContext::remoe_lambda (per-token math: kernels/routing/remoe.h).
 #pragma once
 
 #include <cstdint>

@@ -21,7 +21,7 @@
 #include "runtime/core/logging.h"
 #include "runtime/core/trace.h"
 #include "runtime/data/dataset.h"
-#include "router/remoe_math.h"
+#include "kernels/routing/remoe.h"
 #include "runtime/checkpoint.h"
 #include "runtime/model.h"
 #include "runtime/resilience.h"

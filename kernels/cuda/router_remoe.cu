@@ -1,11 +1,11 @@
-// ReMoE router kernels (ReLU routing): one thread per token runs router/remoe_math.h (gates, the
+// ReMoE router kernels (ReLU routing): one thread per token runs kernels/routing/remoe.h (gates, the
 // experts in increasing id order, the chain rule through ReLU); the per-token statistic rows are
 // reduced per column in a fixed order and the L1 term is finished on the device.
 #include <cstdint>
 
 #include "kernels/cuda/api.cuh"
 #include "kernels/cuda/common.cuh"
-#include "router/remoe_math.h"
+#include "kernels/routing/remoe.h"
 
 namespace dirmoe::cuda {
 namespace {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "router/noise.h"
-#include "router/remoe_math.h"
+#include "kernels/routing/remoe.h"
 #include "runtime/core/error.h"
 
 namespace dirmoe {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "router/remoe_math.h"
+#include "kernels/routing/remoe.h"
 #include "router/remoe_router.h"
 #include "router/router.h"
 #include "router_test_util.h"
